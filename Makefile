@@ -1,0 +1,52 @@
+# caef: `make help` lists every target. Every target installs what it needs (.venv) first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN ?= demo
+PYTEST_WORKERS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format demo data-check-voc data-check-coco clean clean-runs lock
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c .ci/constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -c .ci/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## build .venv from nothing with the pinned set (.ci/constraints.txt)
+
+test: $(STAMP)  ## run the fast test suite (what CI runs)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+test-all: $(STAMP)  ## run every test, the slow ones too
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m ""
+
+lint: $(STAMP)  ## ruff check
+	$(BIN)/ruff check caef tests --line-length 120
+
+format: $(STAMP)  ## ruff format
+	$(BIN)/ruff format caef tests --line-length 120
+
+demo: $(STAMP)  ## the main job on the generated dataset (CPU): classifier -> CGNet -> CAM scores in runs/demo/summary.json
+	$(BIN)/python -m caef.demo --name $(RUN)
+
+data-check-voc: $(STAMP)  ## validate data/VOCdevkit (or VOC_ROOT=...) before a long run
+	$(BIN)/caef data check --dataset voc --root $${VOC_ROOT:-data}
+
+data-check-coco: $(STAMP)  ## validate data/coco (or COCO_ROOT=...)
+	$(BIN)/caef data check --dataset coco --root $${COCO_ROOT:-data/coco}
+
+lock: $(STAMP)  ## rewrite .ci/constraints.txt from the current .venv
+	(echo "# Exact versions 'make install' resolves to (pip constraints). Regenerate with 'make lock'."; $(BIN)/pip freeze | grep -v '^-e') > .ci/constraints.txt
+
+clean-runs:  ## delete runs/ and wandb/ outputs
+	rm -rf runs wandb lightning_logs
+
+clean: clean-runs  ## delete the virtualenv and caches too
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,102 @@
+"""CAM mIoU on the scoring split, for every background threshold at once (best one reported).
+
+Consumes the ``cams``/``mask`` that the CAM modules' validation and test steps return; logs
+``<prefix>/cam_miou``, ``<prefix>/cam_threshold`` and per-class IoU, and (optionally) merges the latest
+result into a run's ``summary.json`` under ``<summary_key>_cam_miou`` / ``_cam_threshold`` / ``_cam_iou``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from caef.io import update_json
+from caef.metrics import ThresholdSweepConfusion, default_thresholds
+
+
+class CAMScore(pl.Callback):
+    """Args:
+    thresholds: background thresholds to sweep (default 0.05..0.60 step 0.01).
+    prefix: metric namespace (``val`` during fit, ``test`` when testing).
+    summary_file: JSON file to merge the result into (e.g. ``runs/demo/summary.json``); None to skip.
+    summary_key: key stem in the summary (``oc`` -> ``oc_cam_miou``).
+    """
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] | None = None,
+        summary_file: str | None = None,
+        summary_key: str = "cam",
+    ):
+        self.thresholds = thresholds
+        self.summary_file, self.summary_key = summary_file, summary_key
+        self.metric: ThresholdSweepConfusion | None = None
+        self.last_result: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        num_classes = pl_module.hparams.num_classes
+        thresholds = default_thresholds() if self.thresholds is None else self.thresholds
+        self.metric = ThresholdSweepConfusion(num_classes, thresholds).to(pl_module.device)
+
+    def _update(self, pl_module: pl.LightningModule, outputs: dict[str, Any]) -> None:
+        if "mask" not in outputs:
+            return
+        self.metric = self.metric.to(pl_module.device)
+        self.metric.update(outputs["cams"], outputs["mask"])
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, outputs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish(trainer, pl_module, "val")
+        else:
+            self.metric.reset()
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        if int(self.metric.confmat.sum()) == 0 and trainer.world_size == 1:
+            return  # nothing scored (no masks in this split)
+        result = self.metric.compute()
+        self.metric.reset()
+        names = _class_names(trainer, self.metric.num_classes)
+        best_miou, best_threshold = float(result["best_miou"]), float(result["best_threshold"])
+        iou = result["iou"][int(result["best_index"])]
+        metrics = {f"{prefix}/cam_miou": best_miou, f"{prefix}/cam_threshold": best_threshold}
+        metrics.update({f"{prefix}/cam_iou/{name}": float(v) for name, v in zip(names, iou) if not torch.isnan(v)})
+        pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=True)
+        self.last_result = {
+            "miou": best_miou,
+            "threshold": best_threshold,
+            "iou": {name: (None if torch.isnan(v) else round(float(v), 6)) for name, v in zip(names, iou)},
+            "epoch": trainer.current_epoch,
+        }
+        self._write_summary()
+
+    @rank_zero_only
+    def _write_summary(self) -> None:
+        if self.summary_file is None or self.last_result is None:
+            return
+        key = self.summary_key
+        update_json(
+            self.summary_file,
+            {
+                f"{key}_cam_miou": round(self.last_result["miou"] * 100, 2),
+                f"{key}_cam_threshold": round(self.last_result["threshold"], 2),
+                f"{key}_cam_iou": self.last_result["iou"],
+            },
+        )
+
+
+def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:
+    datamodule = getattr(trainer, "datamodule", None)
+    names = list(getattr(datamodule, "class_names", []) or [])
+    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]

@@ -1,0 +1,38 @@
+"""Writes predicted CAMs to ``<output_dir>/<image_id>.npz`` (float16, compressed, atomic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from caef.cam_files import save_cams
+
+
+class CAMWriter(BasePredictionWriter):
+    """Args:
+    output_dir: directory of the CAM files (one per image: the present classes' maps and their class ids).
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.written = 0
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        cams = prediction["cams"].float().cpu()
+        labels = prediction["label"].cpu()
+        for image_id, image_cams, label in zip(prediction["id"], cams, labels):
+            save_cams(self.output_dir / f"{image_id}.npz", image_cams, label)
+            self.written += 1

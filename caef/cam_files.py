@@ -1,0 +1,44 @@
+"""The CAM file format shared by CAM export, CRF seeds and the random walk.
+
+``<image_id>.npz`` holds ``cams`` (K, H, W) float16 -- the normalised CAMs of the image's K present classes --
+and ``classes`` (K,) int16, their class indices (1..C-1, background = 0 is never stored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from caef.errors import DataError
+from caef.io import save_npz
+
+
+def save_cams(path: str | Path, cams: torch.Tensor, label: torch.Tensor) -> None:
+    """Save the maps of the labelled classes of one image: ``cams`` (C-1, H, W), ``label`` (C-1,) multi-hot."""
+    present = torch.nonzero(label > 0).flatten()
+    save_npz(
+        path,
+        cams=cams[present].numpy().astype(np.float16),
+        classes=(present + 1).numpy().astype(np.int16),
+    )
+
+
+def load_cams(path: str | Path, num_classes: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cams float32 (K, H, W), classes int64 (K,)); checks shape, class range and (optionally) size."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CAM file not found: {path} (run CAM prediction first)")
+    try:
+        with np.load(path) as data:
+            cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
+    except Exception as exc:
+        raise DataError(f"cannot read CAM file {path}: {exc} (delete it and re-run CAM prediction)") from exc
+    if cams.ndim != 3 or classes.ndim != 1 or len(cams) != len(classes):
+        raise DataError(f"CAM file {path} has cams {cams.shape} and classes {classes.shape}; expected (K, H, W) and (K,)")
+    if len(classes) and (classes.min() < 1 or classes.max() >= num_classes):
+        raise DataError(f"CAM file {path} has class ids {classes.tolist()} outside 1..{num_classes - 1}")
+    if size is not None and cams.shape[1:] != tuple(size):
+        raise DataError(f"CAM file {path} is {cams.shape[2]}x{cams.shape[1]} but its image is {size[1]}x{size[0]}")
+    return cams, classes

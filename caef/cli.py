@@ -1,0 +1,183 @@
+"""The ``caef`` command: a LightningCLI per trainable stage, plus data tools.
+
+    caef classifier fit --config experiments/classifier/demo.yaml
+    caef cgnet fit --config experiments/cgnet/demo.yaml --model.masking_depth=3
+    caef cgnet predict --config experiments/cgnet/demo.yaml --ckpt_path runs/demo/cgnet/last.ckpt
+    caef data check --root data/VOCdevkit --dataset voc
+    caef data synth --out data/synth --num-images 1000 --size 128 --seed 0
+
+Every hyper-parameter is a plain ``--key=value`` flag (what a W&B sweep agent passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import netrc
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+#: stage name -> (LightningModule, LightningDataModule), imported lazily so `caef --help` is instant
+STAGES: dict[str, tuple[str, str, str]] = {
+    "classifier": ("caef.stages.classifier:ClassifierModule", "caef.data.datamodule:ClassificationDataModule",
+                   "train the ordinary classifier; score / export its CAMs"),
+    "cgnet": ("caef.stages.cgnet:CGNetModule", "caef.data.datamodule:ClassificationDataModule",
+              "train the CGNet by class-specific adversarial erasing; score / export its CAMs"),
+}  # fmt: skip
+
+
+def _import(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def configure_wandb_mode(environ: dict[str, str] | None = None) -> str:
+    """Without an API key (env or ~/.netrc) W&B runs offline; an explicit WANDB_MODE always wins."""
+    environ = os.environ if environ is None else environ
+    if "WANDB_MODE" not in environ and not environ.get("WANDB_API_KEY") and not _netrc_has_wandb():
+        environ["WANDB_MODE"] = "offline"
+    return environ.get("WANDB_MODE", "online")
+
+
+def _netrc_has_wandb() -> bool:
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def stage_cli(stage: str, args: Sequence[str], run: bool = True):
+    """Build (and by default run) the LightningCLI of ``stage`` on ``args``."""
+    from lightning.pytorch.cli import LightningCLI
+
+    class CaefCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--run_dir", default="runs/default", help="run folder: <run_dir>/<stage>/ holds this stage's outputs"
+            )
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            fill_run_layout(config, stage)
+
+        def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            if subcommand == "predict":
+                parser.set_defaults(return_predictions=False)  # CAMs go to disk via CAMWriter, not to memory
+            return parser
+
+    model_path, datamodule_path, _ = STAGES[stage]
+    return CaefCLI(
+        _import(model_path),
+        _import(datamodule_path),
+        args=list(args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": f"caef {stage}"},
+    )
+
+
+def fill_run_layout(config: Any, stage: str) -> None:
+    """Fill every unset output path from ``run_dir`` so one flag places a whole stage:
+    checkpoints and logs in ``<run_dir>/<stage>``, CAM files in ``<run_dir>/cams/<stage>``, the summary in
+    ``<run_dir>/summary.json``, W&B runs grouped by the run name; a CGNet's default OC is the run's classifier."""
+    run_dir = Path(config.run_dir)
+    stage_dir = run_dir / stage
+    if config.trainer.get("default_root_dir") in (None, "."):
+        config.trainer.default_root_dir = str(stage_dir)
+    defaults = {
+        "lightning.pytorch.callbacks.ModelCheckpoint": ("dirpath", str(stage_dir)),
+        "caef.callbacks.CAMScore": ("summary_file", str(run_dir / "summary.json")),
+        "caef.callbacks.CAMWriter": ("output_dir", str(run_dir / "cams" / stage)),
+    }
+    for callback in config.trainer.get("callbacks") or []:
+        default = defaults.get(getattr(callback, "class_path", None))
+        if default and callback.init_args.get(default[0]) is None:
+            callback.init_args[default[0]] = default[1]
+    logger = config.trainer.get("logger")
+    for lg in logger if isinstance(logger, list) else [logger]:
+        if getattr(lg, "class_path", "").endswith("WandbLogger"):
+            args = lg.init_args
+            args.save_dir = args.get("save_dir") or str(run_dir)
+            args.group = args.get("group") or run_dir.name
+            args.job_type = args.get("job_type") or stage
+            args.name = args.get("name") or f"{run_dir.name}-{stage}"
+    if "ordinary_classifier" in config.model and not config.model.ordinary_classifier:
+        config.model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
+
+
+# -- data commands ---------------------------------------------------------------------------------
+def _data_parser() -> argparse.ArgumentParser:
+    from caef.data.synthetic import SynthConfig
+
+    parser = argparse.ArgumentParser(prog="caef data", description="dataset tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a dataset tree: counts per split and every problem found")
+    check.add_argument("--root", required=True, help="dataset root (VOC: folder with VOCdevkit; COCO: with train2014)")
+    check.add_argument("--dataset", choices=("voc", "coco", "synthetic"), default="voc")
+    check.add_argument("--split", action="append", help="check only this split (repeatable)")
+    check.add_argument("--cache-dir", default=None)
+    synth = sub.add_parser("synth", help="write the generated dataset in the VOC 2012 layout")
+    synth.add_argument("--out", required=True, help="output folder (created; must not hold other data)")
+    defaults = SynthConfig()
+    for f in fields(SynthConfig):
+        value = getattr(defaults, f.name)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            synth.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value, dest=f.name)
+    return parser
+
+
+def data_main(args: Sequence[str]) -> int:
+    parsed = _data_parser().parse_args(list(args))
+    if parsed.command == "check":
+        from caef.data.checks import check_source
+        from caef.data.datamodule import open_source
+
+        source = open_source(parsed.dataset, parsed.root, parsed.cache_dir)
+        report = check_source(source, parsed.split)
+        print(report.format())
+        return 0 if report.ok else 1
+    from caef.data.synthetic import SynthConfig, describe, generate
+
+    config = SynthConfig(**{f.name: getattr(parsed, f.name) for f in fields(SynthConfig) if hasattr(parsed, f.name)})
+    voc_dir = generate(Path(parsed.out), config)
+    print(f"wrote {describe(config)} to {voc_dir}")
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: caef COMMAND ...", "", "commands:"]
+    for name, (_, _, help_text) in STAGES.items():
+        lines.append(f"  {name:<11} {help_text} (fit | validate | test | predict; --help for all flags)")
+    lines.append(f"  {'data':<11} dataset tools: `caef data check` validates a tree, `caef data synth` generates one")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from caef.errors import CaefError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in STAGES:
+            configure_wandb_mode()
+            stage_cli(command, rest)
+            return 0
+        if command == "data":
+            return data_main(rest)
+    except CaefError as exc:
+        print(f"caef: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"caef: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Augmentation recipes (albumentations 2.0.8), one per use, with the reference's defaults.
+
+Training (OC-CSE ``build_dataset``): random long-side resize in ``resize_long`` (bicubic), horizontal flip,
+colour jitter (0.3, 0.3, 0.3, 0.1), ImageNet normalisation, then a random crop padded with 0 in
+*normalised* space (the mean colour) for the image and 255 (ignore) for masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from caef.data.source import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Training augmentation of one stage; the defaults are the reference CGNet recipe."""
+
+    crop_size: int = 384
+    resize_long: tuple[int, int] | None = (256, 448)
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)
+
+    def __post_init__(self) -> None:
+        if self.resize_long is not None and not 0 < self.resize_long[0] <= self.resize_long[1]:
+            raise ValueError(f"resize_long must be (low, high) with 0 < low <= high, got {self.resize_long}")
+        if self.crop_size <= 0:
+            raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+
+
+def train_transform(config: AugmentationConfig) -> A.Compose:
+    """Image (+ mask) training pipeline; masks are resized nearest-neighbour and padded with 255."""
+    steps: list[A.BasicTransform] = []
+    if config.resize_long is not None:
+        low, high = config.resize_long
+        steps.append(
+            A.LongestMaxSize(
+                max_size=list(range(low, high + 1)), interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST
+            )
+        )
+    if config.flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if config.color_jitter is not None:
+        brightness, contrast, saturation, hue = config.color_jitter
+        steps.append(A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=1.0))
+    steps += [
+        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
+        A.PadIfNeeded(
+            min_height=config.crop_size,
+            min_width=config.crop_size,
+            position="random",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=IGNORE_INDEX,
+        ),
+        A.RandomCrop(config.crop_size, config.crop_size),
+        ToTensorV2(),
+    ]
+    return A.Compose(steps)
+
+
+def eval_transform() -> A.Compose:
+    """Normalisation only, original size: what multi-scale inference and evaluation start from."""
+    return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()])
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """(B, 3, H, W) normalised tensors back to (B, H, W, 3) uint8, for visualisation."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    pixels = ((images.float() * std_t + mean_t) * 255.0).clamp(0, 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()

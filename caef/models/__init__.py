@@ -1,0 +1,1 @@
+"""Networks: backbones with addressable stages, and the CAM network built on them."""

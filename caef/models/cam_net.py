@@ -1,0 +1,38 @@
+"""The CAM network shared by the ordinary classifier and the CGNet: backbone + 1x1 classifier without bias.
+
+Its output *is* the class activation map (raw, at output stride 8); the image-level logits are its global
+average (equal to the 1x1 classifier on pooled features, since both are linear).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from caef.models.backbones import Backbone, build_backbone
+
+
+class CAMNet(nn.Module):
+    def __init__(self, backbone: Backbone, num_foreground: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(backbone.out_channels, num_foreground, kernel_size=1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+
+    @property
+    def num_foreground(self) -> int:
+        return self.classifier.out_channels
+
+    def forward(self, x: Tensor, erase_mask: Tensor | None = None, masking_depth: int = 0) -> Tensor:
+        """Raw CAMs (B, K, H/8, W/8); with ``erase_mask`` the input or stage ``masking_depth`` is erased."""
+        return self.classifier(self.backbone(x, erase_mask=erase_mask, masking_depth=masking_depth))
+
+    @staticmethod
+    def logits(cams: Tensor) -> Tensor:
+        return cams.mean(dim=(2, 3))
+
+
+def build_cam_net(backbone: str, num_classes: int, pretrained: str | None = None, **backbone_options: Any) -> CAMNet:
+    """A CAM network for ``num_classes`` classes *including* background (the head has ``num_classes - 1``)."""
+    return CAMNet(build_backbone(backbone, pretrained=pretrained, **backbone_options), num_classes - 1)
