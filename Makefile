@@ -28,10 +28,10 @@ test-all: $(STAMP)  ## run every test, the slow ones too
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m ""
 
 lint: $(STAMP)  ## ruff check
-	$(BIN)/ruff check caef tests --line-length 120
+	$(BIN)/ruff check caef tests benchmarks
 
 format: $(STAMP)  ## ruff format
-	$(BIN)/ruff format caef tests --line-length 120
+	$(BIN)/ruff format caef tests benchmarks
 
 demo: $(STAMP)  ## the main job on the generated dataset (CPU): classifier -> CGNet -> CAM scores in runs/demo/summary.json
 	$(BIN)/python -m caef.demo --name $(RUN)

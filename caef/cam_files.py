@@ -36,7 +36,9 @@ def load_cams(path: str | Path, num_classes: int, size: tuple[int, int] | None =
     except Exception as exc:
         raise DataError(f"cannot read CAM file {path}: {exc} (delete it and re-run CAM prediction)") from exc
     if cams.ndim != 3 or classes.ndim != 1 or len(cams) != len(classes):
-        raise DataError(f"CAM file {path} has cams {cams.shape} and classes {classes.shape}; expected (K, H, W) and (K,)")
+        raise DataError(
+            f"CAM file {path} has cams {cams.shape} and classes {classes.shape}; expected (K, H, W) and (K,)"
+        )
     if len(classes) and (classes.min() < 1 or classes.max() >= num_classes):
         raise DataError(f"CAM file {path} has class ids {classes.tolist()} outside 1..{num_classes - 1}")
     if size is not None and cams.shape[1:] != tuple(size):

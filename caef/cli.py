@@ -16,9 +16,10 @@ import importlib
 import netrc
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: stage name -> (LightningModule, LightningDataModule), imported lazily so `caef --help` is instant
 STAGES: dict[str, tuple[str, str, str]] = {

@@ -9,7 +9,7 @@ costs about as much as one.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -41,14 +41,18 @@ class ThresholdSweepConfusion(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_classes: int, thresholds: Sequence[float] | Tensor | None = None, ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self, num_classes: int, thresholds: Sequence[float] | Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    ):
         super().__init__()
         thresholds = default_thresholds() if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float64)
         if thresholds.ndim != 1 or not bool((thresholds[1:] > thresholds[:-1]).all()):
             raise ValueError("thresholds must be a strictly increasing 1-D sequence")
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.register_buffer("thresholds", thresholds, persistent=False)
-        self.add_state("confmat", torch.zeros(len(thresholds), num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "confmat", torch.zeros(len(thresholds), num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
 
     def update(self, cams: Tensor, target: Tensor) -> None:
         """``cams``: (B, C-1, H, W) foreground CAMs in [0, 1]; ``target``: (B, H, W) class indices, 255 ignored."""

@@ -7,7 +7,8 @@ result into a run's ``summary.json`` under ``<summary_key>_cam_miou`` / ``_cam_t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch

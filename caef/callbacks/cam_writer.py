@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from caef.cam_files import save_cams
+from caef.errors import CaefError
 
 
 class CAMWriter(BasePredictionWriter):
     """Args:
-    output_dir: directory of the CAM files (one per image: the present classes' maps and their class ids).
+    output_dir: directory of the CAM files (one per image: the present classes' maps and their class ids);
+        the CLI defaults it to ``<run_dir>/cams/<stage>``.
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str | None = None):
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.written = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "predict" and self.output_dir is None:
+            raise CaefError("CAMWriter.output_dir is not set: give the folder the CAM files should go to")
 
     def write_on_batch_end(
         self,

@@ -59,7 +59,7 @@ def check_source(source: SegmentationSource, splits: list[str] | None = None, pr
     if not splits:
         report.problems.append(f"no split lists found under {source.root}")
     try:
-        source.class_labels  # parse every annotation once; per-file errors are collected by the reader
+        _ = source.class_labels  # parse every annotation once; per-file errors are collected by the reader
     except DataError as exc:
         report.problems.append(str(exc))
     report.problems += [str(exc) for exc in getattr(source, "annotation_errors", {}).values()]

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,9 @@ class SegmentationDataset(Dataset):
         self.label_dir = Path(label_dir) if label_dir is not None else None
         self.ids = source.split_ids(split)
         if self.label_dir is None and not source.has_masks(split):
-            raise DataError(f"{source.name} split {split!r} has no ground-truth masks; pass a label_dir of pseudo labels")
+            raise DataError(
+                f"{source.name} split {split!r} has no ground-truth masks; pass a label_dir of pseudo labels"
+            )
         if self.label_dir is not None and not self.label_dir.is_dir():
             raise DataError(f"pseudo-label directory not found: {self.label_dir} (run the pseudo-label stage first)")
 
@@ -131,7 +134,9 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
         for index in range(len(sizes)) if indices is None else indices:
             buckets[tuple(sizes[index])].append(index)
         self.batches = [
-            bucket[start : start + batch_size] for bucket in buckets.values() for start in range(0, len(bucket), batch_size)
+            bucket[start : start + batch_size]
+            for bucket in buckets.values()
+            for start in range(0, len(bucket), batch_size)
         ]
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -146,7 +146,9 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read mask {path}: {exc} (the file is corrupt or truncated; re-extract or regenerate it)") from exc
+        raise DataError(
+            f"cannot read mask {path}: {exc} (the file is corrupt or truncated; re-extract or regenerate it)"
+        ) from exc
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
     if bad.any():
         values = sorted(int(v) for v in np.unique(mask[bad]))[:10]

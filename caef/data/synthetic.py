@@ -71,14 +71,27 @@ class SynthConfig:
     jpeg_quality: int = 90
 
     def validate(self) -> SynthConfig:
-        ints = {"num_images": (2, None), "size": (32, None), "seed": (0, None), "num_classes": (1, 254),
-                "max_objects": (1, None), "ignore_border": (0, None), "jpeg_quality": (1, 100)}
+        ints = {
+            "num_images": (2, None),
+            "size": (32, None),
+            "seed": (0, None),
+            "num_classes": (1, 254),
+            "max_objects": (1, None),
+            "ignore_border": (0, None),
+            "jpeg_quality": (1, 100),
+        }
         for name, (low, high) in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= (high or value):
                 raise ValueError(f"SynthConfig.{name} must be an integer in {low}..{high or 'inf'}, got {value!r}")
-        floats = {"val_fraction": "(0, 1)", "score_fraction": "(0, 1]", "hidden_part_prob": "[0, 1]",
-                  "body_contrast": "[0, 1]", "noise": "[0, 1]", "min_visible": "[0, 1]"}
+        floats = {
+            "val_fraction": "(0, 1)",
+            "score_fraction": "(0, 1]",
+            "hidden_part_prob": "[0, 1]",
+            "body_contrast": "[0, 1]",
+            "noise": "[0, 1]",
+            "min_visible": "[0, 1]",
+        }
         for name, bounds in floats.items():
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # False for NaN
@@ -86,8 +99,10 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} must be a number in {bounds}, got {value!r}")
         n_val, _ = _split_sizes(self)
         if n_val < 1 or n_val >= self.num_images:
-            raise ValueError(f"SynthConfig.val_fraction={self.val_fraction} leaves {n_val} of {self.num_images} "
-                             "images for val; both val and train_aug need at least one image")
+            raise ValueError(
+                f"SynthConfig.val_fraction={self.val_fraction} leaves {n_val} of {self.num_images} "
+                "images for val; both val and train_aug need at least one image"
+            )
         return self
 
 
@@ -105,9 +120,11 @@ def class_names(num_classes: int) -> tuple[str, ...]:
 
 def describe(config: SynthConfig) -> str:
     n_val, n_train = _split_sizes(config)
-    return (f"synthetic VOC tree: {config.num_images} images {config.size}x{config.size}, {config.num_classes} "
-            f"classes, 1-{config.max_objects} objects/image, head hidden p={config.hidden_part_prob:g}, "
-            f"train_aug {config.num_images - n_val} (train {n_train}) / val {n_val}, seed {config.seed}")
+    return (
+        f"synthetic VOC tree: {config.num_images} images {config.size}x{config.size}, {config.num_classes} "
+        f"classes, 1-{config.max_objects} objects/image, head hidden p={config.hidden_part_prob:g}, "
+        f"train_aug {config.num_images - n_val} (train {n_train}) / val {n_val}, seed {config.seed}"
+    )
 
 
 def read_manifest(out: str | Path) -> dict | None:
@@ -118,7 +135,9 @@ def read_manifest(out: str | Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read synthetic-dataset manifest {path}: {exc}; delete {Path(out)} and regenerate")
+        raise DataError(
+            f"cannot read synthetic-dataset manifest {path}: {exc}; delete {Path(out)} and regenerate"
+        ) from exc
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
@@ -142,8 +161,10 @@ def _class_look(config: SynthConfig, c: int) -> _ClassLook:
     angle = math.pi * (c // 3) / n_orient + rng.uniform(-0.04, 0.04)
     period = config.size * rng.uniform(0.045, 0.075)
     hue = (c + rng.uniform(-0.15, 0.15)) / config.num_classes
-    colours = (_hsv(hue, rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0)),
-               _hsv(hue + 1 / 3, rng.uniform(0.85, 1.0), rng.uniform(0.75, 1.0)))
+    colours = (
+        _hsv(hue, rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0)),
+        _hsv(hue + 1 / 3, rng.uniform(0.85, 1.0), rng.uniform(0.75, 1.0)),
+    )
     return _ClassLook(c % 3, angle, period, colours, int(rng.integers(2, 4)))
 
 
@@ -220,8 +241,15 @@ def _draw_object(rng: np.random.Generator, config: SynthConfig, yy: np.ndarray, 
     drawn = bool(rng.uniform() >= config.hidden_part_prob)
     head = (head_r - np.hypot(xx - float(hx[pick]), yy - float(hy[pick]))) if drawn else None
     hard = (body > 0) | (head > 0) if drawn else body > 0
-    return {"class": cls, "body": body, "head": head, "head_r": head_r, "hard": hard,
-            "area": area, "rng": np.random.default_rng(int(rng.integers(2**63)))}
+    return {
+        "class": cls,
+        "body": body,
+        "head": head,
+        "head_r": head_r,
+        "hard": hard,
+        "area": area,
+        "rng": np.random.default_rng(int(rng.integers(2**63))),
+    }
 
 
 def _bbox(mask: np.ndarray) -> list[int] | None:
@@ -240,7 +268,9 @@ def _ignore_band(label: np.ndarray, width: int) -> np.ndarray:
     return np.where(lo != hi, 255, label).astype(np.uint8)
 
 
-def render(config: SynthConfig, index: int, looks: list[_ClassLook] | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+def render(
+    config: SynthConfig, index: int, looks: list[_ClassLook] | None = None
+) -> tuple[np.ndarray, np.ndarray, list]:
     """Image ``index``: RGB uint8 (H, W, 3), class mask uint8 (H, W) and per-object metadata (in z-order)."""
     looks = looks or [_class_look(config, c) for c in range(config.num_classes)]
     rng = np.random.default_rng([config.seed, index])
@@ -285,12 +315,18 @@ def render(config: SynthConfig, index: int, looks: list[_ClassLook] | None = Non
             head_vis = (obj["head"] > 0) & obj["visible"]
         label[obj["visible"]] = obj["class"]
         edge = obj["hard"]  # touching the frame: truncated
-        meta.append({
-            "class": obj["class"], "name": None, "bbox": _bbox(obj["visible"]), "area": int(obj["visible"].sum()),
-            "truncated": bool(edge[0].any() or edge[-1].any() or edge[:, 0].any() or edge[:, -1].any()),
-            "head": obj["head"] is not None, "head_visible": 0 if head_vis is None else int(head_vis.sum()),
-            "head_bbox": None if head_vis is None else _bbox(head_vis),
-        })
+        meta.append(
+            {
+                "class": obj["class"],
+                "name": None,
+                "bbox": _bbox(obj["visible"]),
+                "area": int(obj["visible"].sum()),
+                "truncated": bool(edge[0].any() or edge[-1].any() or edge[:, 0].any() or edge[:, -1].any()),
+                "head": obj["head"] is not None,
+                "head_visible": 0 if head_vis is None else int(head_vis.sum()),
+                "head_bbox": None if head_vis is None else _bbox(head_vis),
+            }
+        )
     img += config.noise * rng.standard_normal(img.shape, dtype=np.float32)
     rgb = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     if config.ignore_border:
@@ -311,8 +347,9 @@ def _annotation_xml(image_id: str, size: int, meta: list[dict]) -> str:
     add(root, ("segmented", 1))
     for obj in meta:
         node = ET.SubElement(root, "object")
-        add(node, ("name", obj["name"]), ("pose", "Unspecified"), ("truncated", int(obj["truncated"])),
-            ("difficult", 0))
+        add(
+            node, ("name", obj["name"]), ("pose", "Unspecified"), ("truncated", int(obj["truncated"])), ("difficult", 0)
+        )
         add(ET.SubElement(node, "bndbox"), *zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
@@ -325,8 +362,10 @@ def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> Pat
     if out.exists() and not out.is_dir():
         raise DataError(f"cannot generate the synthetic dataset at {out}: it is a file; choose another directory")
     if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
-        raise DataError(f"refusing to generate the synthetic dataset into {out}: the directory is not empty and holds "
-                        f"no {MANIFEST} from an earlier run; choose an empty or new directory")
+        raise DataError(
+            f"refusing to generate the synthetic dataset into {out}: the directory is not empty and holds "
+            f"no {MANIFEST} from an earlier run; choose an empty or new directory"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -351,8 +390,10 @@ def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> Pat
 
 def _write_tree(root: Path, config: SynthConfig, progress: bool) -> None:
     voc = root / VOC_SUBDIR
-    dirs = {name: voc / name for name in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug",
-                                          "ImageSets/Segmentation")}
+    dirs = {
+        name: voc / name
+        for name in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation")
+    }
     for d in dirs.values():
         d.mkdir(parents=True)
     names = class_names(config.num_classes)
@@ -382,13 +423,27 @@ def _write_tree(root: Path, config: SynthConfig, progress: bool) -> None:
         write_text(dirs["ImageSets/Segmentation"] / f"{split}.txt", "".join(f"{ids[i]}\n" for i in members))
     write_text(voc / "classes.txt", "".join(f"{name}\n" for name in names))
     write_json(root / META, all_meta)
-    write_json(root / MANIFEST, {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(config), "class_names": list(names),
-        "voc_dir": VOC_SUBDIR, "meta": META, "description": describe(config),
-        "counts": {"images": config.num_images, "train_aug": len(train_aug), "train": len(train), "val": len(val),
-                   "objects": sum(class_counts), "heads_drawn": heads,
-                   "objects_per_class": dict(zip(names, class_counts))},
-    })
+    write_json(
+        root / MANIFEST,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": asdict(config),
+            "class_names": list(names),
+            "voc_dir": VOC_SUBDIR,
+            "meta": META,
+            "description": describe(config),
+            "counts": {
+                "images": config.num_images,
+                "train_aug": len(train_aug),
+                "train": len(train),
+                "val": len(val),
+                "objects": sum(class_counts),
+                "heads_drawn": heads,
+                "objects_per_class": dict(zip(names, class_counts)),
+            },
+        },
+    )
 
 
 def read_meta(out: str | Path) -> dict:
@@ -397,4 +452,3 @@ def read_meta(out: str | Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} not found: {out} is not a generated synthetic tree (run generate)")
     return json.loads(path.read_text())
-

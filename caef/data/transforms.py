@@ -7,8 +7,8 @@ colour jitter (0.3, 0.3, 0.3, 0.1), ImageNet normalisation, then a random crop p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import albumentations as A
 import cv2
@@ -74,7 +74,9 @@ def eval_transform() -> A.Compose:
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()])
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def denormalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """(B, 3, H, W) normalised tensors back to (B, H, W, 3) uint8, for visualisation."""
     mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)

@@ -111,9 +111,7 @@ class VOCSource(SegmentationSource):
             return VOC_CLASSES
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not names or len(set(names)) != len(names) or "background" in names:
-            raise DataError(
-                f"{path} must list distinct foreground class names, one per line (background is implicit)"
-            )
+            raise DataError(f"{path} must list distinct foreground class names, one per line (background is implicit)")
         return ("background", *names)
 
     # -- image-level labels ---------------------------------------------------------------------
@@ -130,7 +128,10 @@ class VOCSource(SegmentationSource):
         cache = self.cache_dir / "cls_labels.npz"
         if cache.is_file():
             with np.load(cache) as data:
-                if list(data["class_names"]) == list(self.class_names[1:]) and np.array_equal(data["fingerprint"], fingerprint):
+                fresh = {"ids", "labels", "class_names", "fingerprint"} <= set(data.files) and np.array_equal(
+                    data["fingerprint"], fingerprint
+                )
+                if fresh and list(data["class_names"]) == list(self.class_names[1:]):
                     return dict(zip(data["ids"].tolist(), data["labels"]))
         labels: dict[str, np.ndarray] = {}
         for file in files:
@@ -146,7 +147,13 @@ class VOCSource(SegmentationSource):
         ids = sorted(labels)
         stacked = np.stack([labels[i] for i in ids]) if ids else np.zeros((0, self.num_classes - 1), np.uint8)
         try:
-            save_npz(cache, ids=np.array(ids), labels=stacked, class_names=np.array(self.class_names[1:]), fingerprint=fingerprint)
+            save_npz(
+                cache,
+                ids=np.array(ids),
+                labels=stacked,
+                class_names=np.array(self.class_names[1:]),
+                fingerprint=fingerprint,
+            )
         except OSError:
             pass  # a read-only dataset tree still works; labels are then parsed on every start
 

@@ -3,7 +3,8 @@ inference for validation (scored by callbacks) and prediction (written by :class
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch

@@ -12,8 +12,9 @@ The OC stays in eval mode and has no parameter gradients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,9 @@ def sample_target_classes(labels: Tensor, generator: torch.Generator | None = No
     return torch.multinomial(labels.float(), 1, generator=generator).squeeze(1)
 
 
-def erasing_mask(cams: Tensor, targets: Tensor, size: tuple[int, int], normalization: MaskNormalization = "batch") -> Tensor:
+def erasing_mask(
+    cams: Tensor, targets: Tensor, size: tuple[int, int], normalization: MaskNormalization = "batch"
+) -> Tensor:
     """(B, 1, H, W) mask in [0, 1] from each image's target-class CAM: upsample, ReLU, divide by the max.
 
     ``batch`` divides by one max over the whole batch (the reference); ``image`` by each image's own max.
@@ -94,7 +97,11 @@ def check_state_dict(net: torch.nn.Module, state: dict[str, Tensor], path: Path,
     ]
     problems = [
         f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
         if items
     ]
     if problems:
@@ -112,6 +119,8 @@ class CGNetModule(CAMModule):
             defaults it to ``<run_dir>/classifier/last.ckpt``.
         ordinary_classifier_backbone: OC architecture for plain state dicts (a .ckpt records its own).
         ordinary_classifier_options: backbone options for plain state dicts.
+        init_from_ordinary_classifier: start the CGNet from the OC's weights (same architecture needed) instead
+            of ``pretrained``; the CPU demo uses it in place of ImageNet weights.
         masking_depth: d_m; 0 erases the image, d >= 1 the output of the OC's stage d.
         mask_normalization: ``batch`` (reference: one max per batch) or ``image``.
         erase_weight_init, erase_weight_slope: w(epoch) = init + slope * epoch.
@@ -126,6 +135,7 @@ class CGNetModule(CAMModule):
         backbone_options: dict[str, Any] | None = None,
         ordinary_classifier_backbone: str = "resnet38",
         ordinary_classifier_options: dict[str, Any] | None = None,
+        init_from_ordinary_classifier: bool = False,
         masking_depth: int = 0,
         mask_normalization: MaskNormalization = "batch",
         erase_weight_init: float = 0.3,
@@ -150,13 +160,18 @@ class CGNetModule(CAMModule):
             ordinary_classifier, num_classes, ordinary_classifier_backbone, ordinary_classifier_options
         )
         oc.backbone._check_depth(masking_depth)
+        if init_from_ordinary_classifier:
+            check_state_dict(
+                self.net, oc.state_dict(), Path(ordinary_classifier), "ordinary classifier (as CGNet init)"
+            )
+            self.net.load_state_dict(oc.state_dict())
         oc.requires_grad_(False)
         self.ordinary_classifier = oc.eval()
         if channels_last:
             self.ordinary_classifier.to(memory_format=torch.channels_last)
         self.masking_depth, self.mask_normalization = masking_depth, mask_normalization
 
-    def train(self, mode: bool = True) -> "CGNetModule":
+    def train(self, mode: bool = True) -> CGNetModule:
         super().train(mode)
         self.ordinary_classifier.eval()  # frozen: dropout off, BN running statistics
         return self
@@ -180,7 +195,12 @@ class CGNetModule(CAMModule):
         weight = self.erase_weight()
         loss = cls_loss + weight * erase_loss
         self.log_dict(
-            {"train/loss": loss, "train/cls_loss": cls_loss, "train/erase_loss": erase_loss, "train/erase_weight": weight},
+            {
+                "train/loss": loss,
+                "train/cls_loss": cls_loss,
+                "train/erase_loss": erase_loss,
+                "train/erase_weight": weight,
+            },
             prog_bar=True,
         )
         return loss

@@ -214,7 +214,7 @@ def test_read_image(voc: dict) -> None:
 
 
 def test_segmentation_aug_list_with_path_pairs(fresh: dict) -> None:
-    """SBD lists kept in ImageSets/SegmentationAug often hold ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png``."""
+    """SBD lists in ImageSets/SegmentationAug often hold ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png``."""
     voc = fresh["voc"]
     (voc / "ImageSets" / "Segmentation" / "train_aug.txt").unlink()
     aug = voc / "ImageSets" / "SegmentationAug"

@@ -11,12 +11,16 @@ from caef.stages.cam_inference import multiscale_cams, normalize_per_class, scal
 def per_variant_loop(net, images, labels, scales, flip):
     """The reference's recipe written plainly: every image, every scale, every flip, one forward each."""
     outputs = []
-    for image, label in zip(images, labels):
+    for image in images:
         height, width = image.shape[-2:]
         total = torch.zeros(net.num_foreground, height, width)
         for scale in scales:
             size = scaled_size(height, width, scale)
-            x = image[None] if size == (height, width) else F.interpolate(image[None], size, mode="bicubic", align_corners=False)
+            x = (
+                image[None]
+                if size == (height, width)
+                else F.interpolate(image[None], size, mode="bicubic", align_corners=False)
+            )
             for flipped in (False, True) if flip else (False,):
                 xi = x.flip(-1) if flipped else x
                 cam = F.relu(F.interpolate(net(xi), (height, width), mode="bilinear", align_corners=False))[0]

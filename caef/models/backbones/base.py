@@ -9,7 +9,7 @@ written once here.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ class Backbone(nn.Module, abc.ABC):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode and self.freeze_bn:
             for module in self.modules():

@@ -177,7 +177,10 @@ _TORCH_BLOCK_NAME = re.compile(r"^b(\d)(?:_(\d+))?\.(conv|bn)_(branch[0-9a-z]+)\
 
 
 def convert_mxnet_to_resnet38(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """ademxapp names -> PSA's (``res4b3_branch2a`` -> ``b4_3.conv_branch2a``); ``linear1000`` and unknown names dropped."""
+    """ademxapp names -> PSA's (``res4b3_branch2a`` -> ``b4_3.conv_branch2a``).
+
+    ``linear1000`` and unknown names are dropped.
+    """
     state: dict[str, torch.Tensor] = {}
     for full_name, array in params.items():
         name = full_name.split(":", 1)[1] if full_name.startswith(("arg:", "aux:")) else full_name
