@@ -16,6 +16,7 @@ import importlib
 import netrc
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -28,6 +29,12 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "cgnet": ("caef.stages.cgnet:CGNetModule", "caef.data.datamodule:ClassificationDataModule",
               "train the CGNet by class-specific adversarial erasing; score / export its CAMs"),
 }  # fmt: skip
+
+
+#: offline (non-Lightning) steps: name -> (main function, help)
+OFFLINE_COMMANDS: dict[str, tuple[str, str]] = {
+    "crf": ("caef.stages.crf:main", "dense-CRF seeds (low/high alpha) from saved CAMs; shardable with --shard i/n"),
+}
 
 
 def _import(path: str) -> Any:
@@ -71,15 +78,21 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
                 parser.set_defaults(return_predictions=False)  # CAMs go to disk via CAMWriter, not to memory
             return parser
 
+    # the frozen ordinary classifier is in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     model_path, datamodule_path, _ = STAGES[stage]
-    return CaefCLI(
-        _import(model_path),
-        _import(datamodule_path),
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": f"caef {stage}"},
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both `args` and a command line
+    try:
+        return CaefCLI(
+            _import(model_path),
+            _import(datamodule_path),
+            args=list(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": f"caef {stage}"},
+        )
+    finally:
+        sys.argv = argv
 
 
 def fill_run_layout(config: Any, stage: str) -> None:
@@ -154,6 +167,8 @@ def _usage() -> str:
     lines = ["usage: caef COMMAND ...", "", "commands:"]
     for name, (_, _, help_text) in STAGES.items():
         lines.append(f"  {name:<11} {help_text} (fit | validate | test | predict; --help for all flags)")
+    for name, (_, help_text) in OFFLINE_COMMANDS.items():
+        lines.append(f"  {name:<11} {help_text}")
     lines.append(f"  {'data':<11} dataset tools: `caef data check` validates a tree, `caef data synth` generates one")
     return "\n".join(lines)
 
@@ -173,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "data":
             return data_main(rest)
+        if command in OFFLINE_COMMANDS:
+            return _import(OFFLINE_COMMANDS[command][0])(rest)
     except CaefError as exc:
         print(f"caef: error: {exc}", file=sys.stderr)
         return 2
