@@ -28,6 +28,10 @@ STAGES: dict[str, tuple[str, str, str]] = {
                    "train the ordinary classifier; score / export its CAMs"),
     "cgnet": ("caef.stages.cgnet:CGNetModule", "caef.data.datamodule:ClassificationDataModule",
               "train the CGNet by class-specific adversarial erasing; score / export its CAMs"),
+    "affinity": ("caef.stages.affinity:AffinityNetModule", "caef.data.affinity:AffinityDataModule",
+                 "train AffinityNet on the CRF seeds; export its features for the random walk"),
+    "deeplab": ("caef.stages.deeplab:DeepLabModule", "caef.data.datamodule:SegmentationDataModule",
+                "train DeepLab on pseudo labels (or ground truth: the upper bound); score its segmentation"),
 }  # fmt: skip
 
 
@@ -97,21 +101,23 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
 
 def fill_run_layout(config: Any, stage: str) -> None:
     """Fill every unset output path from ``run_dir`` so one flag places a whole stage:
-    checkpoints and logs in ``<run_dir>/<stage>``, CAM files in ``<run_dir>/cams/<stage>``, the summary in
-    ``<run_dir>/summary.json``, W&B runs grouped by the run name; a CGNet's default OC is the run's classifier."""
+    checkpoints and logs in ``<run_dir>/<stage>``, CAM files in ``<run_dir>/cams/<stage>``, CRF seeds in
+    ``<run_dir>/seeds``, pseudo labels in ``<run_dir>/pseudo``, the summary in ``<run_dir>/summary.json``, W&B
+    runs grouped by the run name; a CGNet's default OC is the run's classifier."""
     run_dir = Path(config.run_dir)
     stage_dir = run_dir / stage
     if config.trainer.get("default_root_dir") in (None, "."):
         config.trainer.default_root_dir = str(stage_dir)
     defaults = {
-        "lightning.pytorch.callbacks.ModelCheckpoint": ("dirpath", str(stage_dir)),
-        "caef.callbacks.CAMScore": ("summary_file", str(run_dir / "summary.json")),
-        "caef.callbacks.CAMWriter": ("output_dir", str(run_dir / "cams" / stage)),
+        "lightning.pytorch.callbacks.ModelCheckpoint": {"dirpath": stage_dir},
+        "caef.callbacks.CAMScore": {"summary_file": run_dir / "summary.json"},
+        "caef.callbacks.CAMWriter": {"output_dir": run_dir / "cams" / stage},
+        "caef.callbacks.PseudoLabelWriter": {"cam_dir": run_dir / "cams" / "cgnet", "output_dir": run_dir / "pseudo"},
     }
     for callback in config.trainer.get("callbacks") or []:
-        default = defaults.get(getattr(callback, "class_path", None))
-        if default and callback.init_args.get(default[0]) is None:
-            callback.init_args[default[0]] = default[1]
+        for key, value in defaults.get(getattr(callback, "class_path", None), {}).items():
+            if callback.init_args.get(key) is None:
+                callback.init_args[key] = str(value)
     logger = config.trainer.get("logger")
     for lg in logger if isinstance(logger, list) else [logger]:
         if getattr(lg, "class_path", "").endswith("WandbLogger"):
@@ -120,6 +126,8 @@ def fill_run_layout(config: Any, stage: str) -> None:
             args.group = args.get("group") or run_dir.name
             args.job_type = args.get("job_type") or stage
             args.name = args.get("name") or f"{run_dir.name}-{stage}"
+    if "seed_dir" in config.data and not config.data.seed_dir:
+        config.data.seed_dir = str(run_dir / "seeds")
     if "ordinary_classifier" in config.model and not config.model.ordinary_classifier:
         config.model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
 

@@ -102,9 +102,9 @@ def test_top_level_help(argv: list[str], capsys: pytest.CaptureFixture) -> None:
 
 
 def test_unknown_command(capsys: pytest.CaptureFixture) -> None:
-    assert main(["deeplab"]) == 2
+    assert main(["segment-anything"]) == 2
     err = capsys.readouterr().err
-    assert "unknown command 'deeplab'" in err and "classifier" in err
+    assert "unknown command 'segment-anything'" in err and "classifier" in err
 
 
 def test_wandb_is_sandboxed(tmp_path: Path) -> None:

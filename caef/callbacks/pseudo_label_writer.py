@@ -1,0 +1,77 @@
+"""Pseudo labels from AffinityNet features: the random walk over each image's saved CAMs, written as PNGs.
+
+Used with ``caef affinity predict``: the predict step returns stride-8 features of each (padded) image; this
+writer loads the image's CAM file, walks it (``caef.stages.random_walk.propagate``: background
+``(1 - max)^alpha``, affinities^beta, t = 2^logt) and writes ``<output_dir>/<image_id>.png`` atomically.
+Images whose label already exists are still recomputed only if ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from caef.cam_files import load_cams
+from caef.data.source import write_mask
+from caef.errors import CaefError
+from caef.stages.random_walk import propagate
+
+
+class PseudoLabelWriter(BasePredictionWriter):
+    """Args:
+    cam_dir: CAM files to propagate (the CLI defaults it to ``<run_dir>/cams/cgnet``).
+    output_dir: where the label PNGs go (the CLI defaults it to ``<run_dir>/pseudo``).
+    alpha, beta, logt: PSA's random-walk settings (background power 16, affinity power 8, t = 2^8).
+    radius: affinity radius on the stride-8 grid (as AffinityNet was trained).
+    overwrite: recompute labels that already exist (default: keep them, so a rerun resumes).
+    """
+
+    def __init__(
+        self,
+        cam_dir: str | None = None,
+        output_dir: str | None = None,
+        alpha: float = 16.0,
+        beta: float = 8.0,
+        logt: int = 8,
+        radius: int = 5,
+        overwrite: bool = False,
+    ):
+        super().__init__(write_interval="batch")
+        self.cam_dir = Path(cam_dir) if cam_dir else None
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.alpha, self.beta, self.logt, self.radius, self.overwrite = alpha, beta, logt, radius, overwrite
+        self.written = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "predict" and (self.cam_dir is None or self.output_dir is None):
+            raise CaefError("PseudoLabelWriter needs cam_dir (CAM files) and output_dir (where labels go)")
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        datamodule = trainer.datamodule
+        num_classes, palette = datamodule.num_classes, datamodule.source.palette
+        height, width = batch["image"].shape[-2:]
+        for image_id, features in zip(prediction["id"], prediction["features"]):
+            out = self.output_dir / f"{image_id}.png"
+            if out.is_file() and not self.overwrite:
+                continue
+            cams, classes = load_cams(self.cam_dir / f"{image_id}.npz", num_classes, size=(height, width))
+            label = propagate(
+                torch.from_numpy(cams), torch.from_numpy(classes), features, self.alpha, self.beta, self.logt,
+                radius=self.radius,
+            )  # fmt: skip
+            write_mask(out, label.cpu().numpy(), palette)
+            self.written += 1
