@@ -113,6 +113,7 @@ def fill_run_layout(config: Any, stage: str) -> None:
         "caef.callbacks.CAMScore": {"summary_file": run_dir / "summary.json"},
         "caef.callbacks.CAMWriter": {"output_dir": run_dir / "cams" / stage},
         "caef.callbacks.PseudoLabelWriter": {"cam_dir": run_dir / "cams" / "cgnet", "output_dir": run_dir / "pseudo"},
+        "caef.stages.deeplab.SegmentationScore": {"summary_file": run_dir / "summary.json"},
     }
     for callback in config.trainer.get("callbacks") or []:
         for key, value in defaults.get(getattr(callback, "class_path", None), {}).items():
