@@ -84,6 +84,24 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
 
     # the frozen ordinary classifier is in eval mode on purpose
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    from lightning.pytorch.cli import SaveConfigCallback
+    from lightning.pytorch.loggers import WandbLogger
+
+    class StageConfigSaver(SaveConfigCallback):
+        """The resolved config goes to ``<run_dir>/<stage>/config.yaml`` (``config_<subcommand>.yaml`` for
+        validate/test/predict), atomically, and into the W&B run's config; Lightning's default target,
+        ``trainer.log_dir``, is the working directory under W&B."""
+
+        def save_config(self, trainer, pl_module, stage: str) -> None:
+            from caef.io import atomic_path
+
+            name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+            with atomic_path(Path(trainer.default_root_dir) / name) as tmp:
+                self.parser.save(self.config, str(tmp), skip_none=False, overwrite=True, multifile=False)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+
     model_path, datamodule_path, _ = STAGES[stage]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both `args` and a command line
     try:
@@ -92,7 +110,8 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             _import(datamodule_path),
             args=list(args),
             run=run,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=StageConfigSaver,
+            save_config_kwargs={"save_to_log_dir": False},
             parser_kwargs={"prog": f"caef {stage}"},
         )
     finally:

@@ -35,7 +35,7 @@ def run_demo(name: str, seed: int, runs_root: str = "runs", overrides: Sequence[
         start = time.perf_counter()
         subprocess.run(args, check=True)
         times[f"{stage}_{subcommand}"] = round(time.perf_counter() - start, 1)
-    configs = {stage: _model_config(run_dir / stage / "config.yaml") for stage in ("classifier", "cgnet")}
+    configs = {stage: _hyper_parameters(run_dir / stage / "last.ckpt") for stage in ("classifier", "cgnet")}
     return update_json(
         run_dir / "summary.json",
         {
@@ -52,11 +52,10 @@ def run_demo(name: str, seed: int, runs_root: str = "runs", overrides: Sequence[
     )
 
 
-def _model_config(path: Path) -> dict:
-    import yaml
+def _hyper_parameters(checkpoint: Path) -> dict:
+    import torch
 
-    with open(path) as f:
-        return (yaml.safe_load(f) or {}).get("model", {})
+    return torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
 
 
 def format_summary(summary: dict) -> str:

@@ -126,3 +126,13 @@ def test_wandb_defaults_to_offline_without_a_key(monkeypatch, tmp_path):
     assert configure_wandb_mode(env) == "offline" and env["WANDB_MODE"] == "offline"
     assert configure_wandb_mode({"WANDB_API_KEY": "x"}) == "online"
     assert configure_wandb_mode({"WANDB_MODE": "disabled"}) == "disabled"
+
+
+def test_resolved_config_is_saved_in_the_stage_folder(tmp_path, tiny_synth, tiny_synth_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    run_dir = tmp_path / "run"
+    args = ["classifier", "fit", "--config", str(EXPERIMENTS / "classifier/demo.yaml"), f"--run_dir={run_dir}"]
+    assert main(args + tiny_overrides(tiny_synth, tiny_synth_config) + ["--trainer.limit_val_batches=0"]) == 0
+    saved = (run_dir / "classifier" / "config.yaml").read_text()
+    assert "backbone: resnet38" in saved and f"run_dir: {run_dir}" in saved
+    assert not (tmp_path / "config.yaml").exists()
