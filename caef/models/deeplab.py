@@ -152,14 +152,6 @@ class DeepLab(nn.Module):
             logits = self.head(high, stages[self.low_level_stage])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def head_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(weights, biases and norm parameters) of the head; the optimiser gives the latter no weight decay."""
-        weights, others = [], []
-        for param in self.head.parameters():
-            if param.requires_grad:
-                (weights if param.ndim > 1 else others).append(param)
-        return weights, others
-
 
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy over labelled pixels (255 ignored); 0 (with gradient) when no pixel is labelled."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from caef.errors import CaefError
 from caef.models.affinity_net import FEATURE_STRIDE, AffinityNet, build_affinity_net
 from caef.stages.affinity_labels import affinity_loss, extract_affinity_labels, pairwise_affinity
+from caef.stages.optimization import configure_reference_optimizer
 
 
 class AffinityNetModule(pl.LightningModule):
@@ -117,26 +118,5 @@ class AffinityNetModule(pl.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        weights, biases = self.net.backbone.trainable_parameters()
-        head = [p for m in self.net.head_modules() for p in m.parameters() if p.requires_grad]
-        head_weights = [p for p in head if p.dim() > 1]
-        head_biases = [p for p in head if p.dim() <= 1]
-        head_lr = hp.head_lr_mult * hp.lr
-        groups = [
-            {"params": weights, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"params": biases, "lr": 2 * hp.lr, "weight_decay": 0.0},
-            {"params": head_weights, "lr": head_lr, "weight_decay": hp.weight_decay},
-            {"params": head_biases, "lr": 2 * head_lr, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        power = hp.poly_power
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        head = (p for m in self.net.head_modules() for p in m.parameters())
+        return configure_reference_optimizer(self, self.net.backbone, head)

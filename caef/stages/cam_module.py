@@ -12,6 +12,7 @@ from torch import Tensor
 
 from caef.models.cam_net import CAMNet, build_cam_net
 from caef.stages.cam_inference import DEFAULT_SCALES, multiscale_cams
+from caef.stages.optimization import configure_reference_optimizer
 
 
 class CAMModule(pl.LightningModule):
@@ -81,22 +82,4 @@ class CAMModule(pl.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        weights, biases = self.net.backbone.trainable_parameters()
-        head = [p for p in self.net.classifier.parameters() if p.requires_grad]
-        groups = [
-            {"params": weights, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"params": biases, "lr": 2 * hp.lr, "weight_decay": 0.0},
-            {"params": head, "lr": hp.head_lr_mult * hp.lr, "weight_decay": hp.weight_decay},
-        ]
-        groups = [g for g in groups if g["params"]]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        power = hp.poly_power
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_reference_optimizer(self, self.net.backbone, self.net.classifier.parameters())

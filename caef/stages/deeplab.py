@@ -28,6 +28,7 @@ from caef.io import update_json
 from caef.metrics import iou_from_confusion, mean_iou
 from caef.models.deeplab import DeepLab, Variant, build_deeplab, multiscale_probs, segmentation_loss
 from caef.stages.crf import dense_crf
+from caef.stages.optimization import configure_reference_optimizer
 
 LABEL_SOURCES = ("pseudo", "ground_truth")
 EVAL_ONLY = ("eval_scales", "eval_flip", "crf_eval", "crf_options", "log_images")
@@ -222,27 +223,7 @@ class DeepLabModule(pl.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        weights, biases = self.net.backbone.trainable_parameters()
-        head_weights, head_biases = self.net.head_parameters()
-        head_lr = hp.head_lr_mult * hp.lr
-        groups = [
-            {"params": weights, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"params": biases, "lr": 2 * hp.lr, "weight_decay": 0.0},
-            {"params": head_weights, "lr": head_lr, "weight_decay": hp.weight_decay},
-            {"params": head_biases, "lr": 2 * head_lr, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        power = hp.poly_power
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - min(step, max_steps) / max_steps) ** power
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_reference_optimizer(self, self.net.backbone, self.net.head.parameters())
 
 
 class SegmentationScore(pl.Callback):
