@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= demo
 PYTEST_WORKERS ?= 2
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo data-check-voc data-check-coco clean clean-runs lock
+.PHONY: help install test test-all lint format demo voc-full coco-full sweep-masking-depth bench data-check-voc data-check-coco clean clean-runs lock
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -33,8 +34,20 @@ lint: $(STAMP)  ## ruff check
 format: $(STAMP)  ## ruff format
 	$(BIN)/ruff format caef tests benchmarks
 
-demo: $(STAMP)  ## the main job on the generated dataset (CPU): classifier -> CGNet -> CAM scores in runs/demo/summary.json
-	$(BIN)/python -m caef.demo --name $(RUN)
+demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~15 min): runs/$(RUN)/summary.json + report.md
+	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)
+
+voc-full: $(STAMP)  ## the paper's VOC 2012 protocol, ResNet-38 (needs data/VOCdevkit + SBD, or VOC_ROOT=...)
+	$(BIN)/caef pipeline experiments/voc_full.yaml --data_root $${VOC_ROOT:-data} $(ARGS)
+
+coco-full: $(STAMP)  ## the same on MS-COCO 2014 (needs data/coco, or COCO_ROOT=...)
+	$(BIN)/caef pipeline experiments/coco_full.yaml --data_root $${COCO_ROOT:-data/coco} $(ARGS)
+
+sweep-masking-depth: $(STAMP)  ## d_m = 0..7 on the demo, offline (caef sweep --local): table + plot in runs/sweeps/
+	$(BIN)/caef sweep experiments/sweeps/masking_depth.yaml --local --base experiments/demo.yaml $(ARGS)
+
+bench: $(STAMP)  ## caef vs the reference recipe side by side (train step, MSF CAMs, CRF, random walk); BENCH_ARGS="--config small"
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 data-check-voc: $(STAMP)  ## validate data/VOCdevkit (or VOC_ROOT=...) before a long run
 	$(BIN)/caef data check --dataset voc --root $${VOC_ROOT:-data}

@@ -26,21 +26,45 @@ def save_cams(path: str | Path, cams: torch.Tensor, label: torch.Tensor) -> None
 
 
 def load_cams(path: str | Path, num_classes: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(cams float32 (K, H, W), classes int64 (K,)); checks shape, class range and (optionally) size."""
+    """(cams float32 (K, H, W), classes int64 (K,)); checks the arrays, their shapes, the class ids (distinct, in
+    ``1..num_classes-1``), finiteness and (optionally) the size ``(H, W)`` of the image. Every problem is a
+    :class:`DataError` naming the file."""
     path = Path(path)
+    redo = "delete it and re-run CAM prediction (`caef cgnet predict`)"
     if not path.is_file():
-        raise DataError(f"CAM file not found: {path} (run CAM prediction first)")
+        raise DataError(f"CAM file not found: {path} (run CAM prediction first: `caef cgnet predict`)")
     try:
         with np.load(path) as data:
-            cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
-    except Exception as exc:
-        raise DataError(f"cannot read CAM file {path}: {exc} (delete it and re-run CAM prediction)") from exc
+            missing = [key for key in ("cams", "classes") if key not in data.files]
+            if missing:
+                raise DataError(
+                    f"CAM file {path} lacks the array(s) {missing} (it holds {sorted(data.files)}), so it is not a "
+                    f"caef CAM file; {redo}"
+                )
+            cams, classes = data["cams"].astype(np.float32), data["classes"]
+    except DataError:
+        raise
+    except Exception as exc:  # truncated or not a zip (BadZipFile, EOFError, OSError, ValueError ...)
+        raise DataError(f"cannot read CAM file {path}: {exc} (truncated or corrupt; {redo})") from exc
     if cams.ndim != 3 or classes.ndim != 1 or len(cams) != len(classes):
         raise DataError(
-            f"CAM file {path} has cams {cams.shape} and classes {classes.shape}; expected (K, H, W) and (K,)"
+            f"CAM file {path} has cams {cams.shape} and classes {classes.shape}; expected (K, H, W) and (K,); {redo}"
         )
-    if len(classes) and (classes.min() < 1 or classes.max() >= num_classes):
-        raise DataError(f"CAM file {path} has class ids {classes.tolist()} outside 1..{num_classes - 1}")
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise DataError(f"CAM file {path} has class ids of dtype {classes.dtype}, expected integers; {redo}")
+    classes = classes.astype(np.int64)
+    if len(classes) and (
+        classes.min() < 1 or classes.max() >= num_classes or len(set(classes.tolist())) < len(classes)
+    ):
+        raise DataError(
+            f"CAM file {path} has class ids {classes.tolist()}; expected distinct ids in 1..{num_classes - 1} "
+            f"({num_classes} classes with background): is it from another dataset or class count? {redo}"
+        )
     if size is not None and cams.shape[1:] != tuple(size):
-        raise DataError(f"CAM file {path} is {cams.shape[2]}x{cams.shape[1]} but its image is {size[1]}x{size[0]}")
+        raise DataError(
+            f"CAM file {path} is {cams.shape[2]}x{cams.shape[1]} but its image is {size[1]}x{size[0]} (width x "
+            f"height): is it from another dataset or image set? {redo}"
+        )
+    if not np.isfinite(cams).all():
+        raise DataError(f"CAM file {path} holds NaN or infinite values (a diverged network?); {redo}")
     return cams, classes

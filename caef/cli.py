@@ -70,11 +70,63 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             parser.add_argument(
                 "--run_dir", default="runs/default", help="run folder: <run_dir>/<stage>/ holds this stage's outputs"
             )
+            parser.add_argument(
+                "--stage_dir", default=None, help="folder name under run_dir for this stage (default: the stage name)"
+            )
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+        def parse_arguments(self, parser, args) -> None:
+            # `args` are explicit, so no warning about a command line also being there; sys.argv stays whole
+            # because DDP's launcher starts the other ranks by re-running it
+            self.config = parser.parse_args(args)
+
         def before_instantiate_classes(self) -> None:
+            from caef.errors import check_writable_dir
+
             config = self.config[self.subcommand] if self.subcommand else self.config
-            fill_run_layout(config, stage)
+            check_writable_dir(config.run_dir, "--run_dir", create=False)  # before anything, creating nothing
+            fill_run_layout(config, config.get("stage_dir") or stage)
+
+        def _parse_ckpt_path(self) -> None:
+            """An unreadable --ckpt_path is a one-line error naming the file, not a traceback."""
+            from caef.errors import CaefError
+
+            try:
+                super()._parse_ckpt_path()
+            except SystemExit:
+                raise
+            except Exception as exc:
+                path = self.config[self.config.subcommand].get("ckpt_path")
+                raise CaefError(
+                    f"cannot read checkpoint {path} (--ckpt_path): {type(exc).__name__}: {exc}; copy it again or "
+                    "point --ckpt_path at another checkpoint"
+                ) from exc
+
+        def after_instantiate_classes(self) -> None:
+            """A --ckpt_path of another class count fails here, naming the file, before any work starts."""
+            super().after_instantiate_classes()
+            path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+            if path and Path(path).is_file():
+                import torch
+
+                from caef.stages.cgnet import check_state_dict
+
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("state_dict", {})
+                check_state_dict(self.model, state, Path(path), "checkpoint (--ckpt_path)")
+
+        def instantiate_trainer(self, **kwargs):
+            """Every stage gets two safety callbacks unless its config already lists them: a non-finite loss stops
+            it before the bad step (naming stage and step), and checkpoints carry the RNG states (exact resume)."""
+            from caef.callbacks import FiniteLossGuard, RNGStateCheckpoint
+
+            trainer = super().instantiate_trainer(**kwargs)
+            present = {type(c) for c in trainer.callbacks}
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if FiniteLossGuard not in present:
+                trainer.callbacks.append(FiniteLossGuard(stage=config.get("stage_dir") or stage))
+            if RNGStateCheckpoint not in present:
+                trainer.callbacks.append(RNGStateCheckpoint())
+            return trainer
 
         def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
             parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -101,21 +153,29 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+                    if context := _pipeline_context().get("config"):
+                        logger.experiment.config.update({"pipeline": context}, allow_val_change=True)
 
     model_path, datamodule_path, _ = STAGES[stage]
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both `args` and a command line
+    return CaefCLI(
+        _import(model_path),
+        _import(datamodule_path),
+        args=list(args),
+        run=run,
+        save_config_callback=StageConfigSaver,
+        save_config_kwargs={"save_to_log_dir": False},
+        parser_kwargs={"prog": f"caef {stage}"},
+    )
+
+
+def _pipeline_context() -> dict:
+    """What ``caef pipeline`` tells its stages (W&B tags and the experiment's facts), via ``CAEF_PIPELINE``."""
+    import json
+
     try:
-        return CaefCLI(
-            _import(model_path),
-            _import(datamodule_path),
-            args=list(args),
-            run=run,
-            save_config_callback=StageConfigSaver,
-            save_config_kwargs={"save_to_log_dir": False},
-            parser_kwargs={"prog": f"caef {stage}"},
-        )
-    finally:
-        sys.argv = argv
+        return json.loads(os.environ.get("CAEF_PIPELINE", "{}"))
+    except json.JSONDecodeError:
+        return {}
 
 
 def fill_run_layout(config: Any, stage: str) -> None:
@@ -133,6 +193,12 @@ def fill_run_layout(config: Any, stage: str) -> None:
         "caef.callbacks.CAMWriter": {"output_dir": run_dir / "cams" / stage},
         "caef.callbacks.PseudoLabelWriter": {"cam_dir": run_dir / "cams" / "cgnet", "output_dir": run_dir / "pseudo"},
         "caef.stages.deeplab.SegmentationScore": {"summary_file": run_dir / "summary.json"},
+        "caef.callbacks.PseudoLabelScore": {
+            "pseudo_dir": run_dir / "pseudo",
+            "cam_dir": run_dir / "cams" / "cgnet",
+            "seed_dir": run_dir / "seeds",
+            "summary_file": run_dir / "summary.json",
+        },
     }
     for callback in config.trainer.get("callbacks") or []:
         for key, value in defaults.get(getattr(callback, "class_path", None), {}).items():
@@ -142,10 +208,16 @@ def fill_run_layout(config: Any, stage: str) -> None:
     for lg in logger if isinstance(logger, list) else [logger]:
         if getattr(lg, "class_path", "").endswith("WandbLogger"):
             args = lg.init_args
-            args.save_dir = args.get("save_dir") or str(run_dir)
+            if args.get("save_dir") in (None, "", "."):  # WandbLogger's default "." is the working directory
+                args.save_dir = str(run_dir)
             args.group = args.get("group") or run_dir.name
             args.job_type = args.get("job_type") or stage
             args.name = args.get("name") or f"{run_dir.name}-{stage}"
+            context = _pipeline_context()
+            if context.get("tags"):
+                args.tags = list(args.get("tags") or []) + [
+                    t for t in context["tags"] if t not in (args.get("tags") or [])
+                ]
     if "seed_dir" in config.data and not config.data.seed_dir:
         config.data.seed_dir = str(run_dir / "seeds")
     if "ordinary_classifier" in config.model and not config.model.ordinary_classifier:
@@ -197,6 +269,8 @@ def _usage() -> str:
         lines.append(f"  {name:<11} {help_text} (fit | validate | test | predict; --help for all flags)")
     for name, (_, help_text) in OFFLINE_COMMANDS.items():
         lines.append(f"  {name:<11} {help_text}")
+    lines.append(f"  {'pipeline':<11} a whole experiment from one YAML (experiments/demo.yaml), cached and resumable")
+    lines.append(f"  {'sweep':<11} a W&B sweep file: `caef sweep FILE --local` runs the grid offline: table + plot")
     lines.append(f"  {'data':<11} dataset tools: `caef data check` validates a tree, `caef data synth` generates one")
     return "\n".join(lines)
 
@@ -216,6 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "data":
             return data_main(rest)
+        if command == "pipeline":
+            configure_wandb_mode()
+            from caef.pipeline import main as pipeline_main
+
+            return pipeline_main(rest)
+        if command == "sweep":
+            configure_wandb_mode()
+            from caef.sweep import main as sweep_main
+
+            return sweep_main(rest)
         if command in OFFLINE_COMMANDS:
             return _import(OFFLINE_COMMANDS[command][0])(rest)
     except CaefError as exc:

@@ -1,8 +1,19 @@
-"""Callbacks: CAM scoring, CAM visualisation to W&B, CAM export, pseudo labels by random walk."""
+"""Callbacks: CAM scoring and visualisation (W&B), CAM export, pseudo labels and their score, run safety."""
 
 from caef.callbacks.cam_miou import CAMScore
 from caef.callbacks.cam_visualization import CAMVisualization
 from caef.callbacks.cam_writer import CAMWriter
+from caef.callbacks.finite_loss import FiniteLossGuard
+from caef.callbacks.pseudo_label_score import PseudoLabelScore
 from caef.callbacks.pseudo_label_writer import PseudoLabelWriter
+from caef.callbacks.rng_state import RNGStateCheckpoint
 
-__all__ = ["CAMScore", "CAMVisualization", "CAMWriter", "PseudoLabelWriter"]
+__all__ = [
+    "CAMScore",
+    "CAMVisualization",
+    "CAMWriter",
+    "FiniteLossGuard",
+    "PseudoLabelScore",
+    "PseudoLabelWriter",
+    "RNGStateCheckpoint",
+]

@@ -3,6 +3,8 @@
 Consumes the ``cams``/``mask`` that the CAM modules' validation and test steps return; logs
 ``<prefix>/cam_miou``, ``<prefix>/cam_threshold`` and per-class IoU, and (optionally) merges the latest
 result into a run's ``summary.json`` under ``<summary_key>_cam_miou`` / ``_cam_threshold`` / ``_cam_iou``.
+Under DDP each rank scores its own images and the confusion matrices are summed over the ranks before the
+IoU is computed, so the result equals a single-process evaluation; only rank 0 writes the summary.
 """
 
 from __future__ import annotations
@@ -64,16 +66,22 @@ class CAMScore(pl.Callback):
         self._finish(trainer, pl_module, "test")
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
-        if int(self.metric.confmat.sum()) == 0 and trainer.world_size == 1:
+        if trainer.world_size == 1 and int(self.metric.confmat.sum()) == 0:
             return  # nothing scored (no masks in this split)
+        # under DDP, compute() sums the confusion matrices of all ranks (dist_reduce_fx="sum"; every rank must
+        # get here): each rank scored its own images, none twice (see WSSSDataModule._inference_loader)
         result = self.metric.compute()
         self.metric.reset()
+        if torch.isnan(result["best_miou"]):
+            return  # nothing scored on any rank
         names = _class_names(trainer, self.metric.num_classes)
         best_miou, best_threshold = float(result["best_miou"]), float(result["best_threshold"])
         iou = result["iou"][int(result["best_index"])]
         metrics = {f"{prefix}/cam_miou": best_miou, f"{prefix}/cam_threshold": best_threshold}
         metrics.update({f"{prefix}/cam_iou/{name}": float(v) for name, v in zip(names, iou) if not torch.isnan(v)})
-        pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=True)
+        # every rank holds the same (already global) values: "max" syncs them exactly, and quiets Lightning's
+        # advice to sync epoch-level values; the loggers write from rank 0 only
+        pl_module.log_dict(metrics, sync_dist=trainer.world_size > 1, reduce_fx="max")
         self.last_result = {
             "miou": best_miou,
             "threshold": best_threshold,

@@ -33,7 +33,8 @@ def threshold_cams(cams: torch.Tensor, threshold: float) -> torch.Tensor:
 
 class CAMVisualization(pl.Callback):
     """Args:
-    num_images: how many scoring images to show (the first ones seen on rank 0, the same every epoch).
+    num_images: how many scoring images to show (the first ones seen on rank 0, the same every epoch; under
+        DDP they come from rank 0's share of the split). Only rank 0 collects and logs them.
     threshold: background threshold for the mask overlay; None uses the best one found by :class:`CAMScore`.
     key: W&B key of the image panel.
     """

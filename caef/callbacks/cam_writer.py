@@ -1,4 +1,8 @@
-"""Writes predicted CAMs to ``<output_dir>/<image_id>.npz`` (float16, compressed, atomic)."""
+"""Writes predicted CAMs to ``<output_dir>/<image_id>.npz`` (float16, compressed, atomic).
+
+Under DDP every rank writes the images of its own share of the split (the inference loaders give each image
+to exactly one rank), so each file is written once.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from caef.cam_files import save_cams
-from caef.errors import CaefError
+from caef.errors import CaefError, check_writable_dir
 
 
 class CAMWriter(BasePredictionWriter):
@@ -27,6 +31,8 @@ class CAMWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "predict" and self.output_dir is None:
             raise CaefError("CAMWriter.output_dir is not set: give the folder the CAM files should go to")
+        if stage == "predict":
+            check_writable_dir(self.output_dir, "CAMWriter output_dir")
 
     def write_on_batch_end(
         self,

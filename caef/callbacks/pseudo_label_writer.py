@@ -27,7 +27,7 @@ class PseudoLabelWriter(BasePredictionWriter):
     cam_dir: CAM files to propagate (the CLI defaults it to ``<run_dir>/cams/cgnet``).
     output_dir: where the label PNGs go (the CLI defaults it to ``<run_dir>/pseudo``).
     alpha, beta, logt: PSA's random-walk settings (background power 16, affinity power 8, t = 2^8).
-    radius: affinity radius on the stride-8 grid (as AffinityNet was trained).
+    radius: affinity radius on the stride-8 grid; None (default) takes the AffinityNet's own ``radius``.
     overwrite: recompute labels that already exist (default: keep them, so a rerun resumes).
     """
 
@@ -38,7 +38,7 @@ class PseudoLabelWriter(BasePredictionWriter):
         alpha: float = 16.0,
         beta: float = 8.0,
         logt: int = 8,
-        radius: int = 5,
+        radius: int | None = None,
         overwrite: bool = False,
     ):
         super().__init__(write_interval="batch")
@@ -71,7 +71,7 @@ class PseudoLabelWriter(BasePredictionWriter):
             cams, classes = load_cams(self.cam_dir / f"{image_id}.npz", num_classes, size=(height, width))
             label = propagate(
                 torch.from_numpy(cams), torch.from_numpy(classes), features, self.alpha, self.beta, self.logt,
-                radius=self.radius,
+                radius=self.radius or pl_module.hparams.radius,
             )  # fmt: skip
             write_mask(out, label.cpu().numpy(), palette)
             self.written += 1

@@ -105,6 +105,7 @@ class AffinityDataModule(WSSSDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 2,
         synth: SynthConfig = SynthConfig(),
+        skip_bad: bool = False,
         train_split: str = "train_aug",
         predict_split: str = "train_aug",
         seed_dir: str | None = None,
@@ -114,7 +115,7 @@ class AffinityDataModule(WSSSDataModule):
         flip: bool = True,
         color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1),
     ):
-        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth)
+        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth, skip_bad)
         self.train_split, self.predict_split, self.seed_dir, self.stride = train_split, predict_split, seed_dir, stride
         self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from caef.data.source import SegmentationSource, read_image, write_mask
+from caef.data.source import SegmentationSource, probe_image, read_image, write_mask
 from caef.errors import DataError
 
 #: split name -> image folder (and annotation file suffix) of COCO 2014
@@ -35,17 +35,20 @@ class COCOSource(SegmentationSource):
 
     Images without any annotation are left out of :meth:`split_ids` (see :meth:`skipped_ids`) so every listed image
     carries a class. Crowd annotations count for labels and are painted into masks like any other instance.
+    ``skip_bad`` also leaves out images whose file is missing or unreadable, with a warning (see
+    :class:`SegmentationSource`); masks are rasterised from the json, so they are not checked up front.
     """
 
     name = "coco"
 
-    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
-        super().__init__(root)
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None, skip_bad: bool = False):
+        super().__init__(root, skip_bad=skip_bad)
         if not self.root.is_dir():
             raise DataError(f"coco: dataset root {self.root} does not exist; {_LAYOUT_HINT}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / "caef_cache"
         self._cocos: dict[str, Any] = {}
         self._index: dict[str, tuple[list[str], list[str], dict[str, int]]] = {}
+        self._usable: dict[str, list[str]] = {}
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -70,7 +73,24 @@ class COCOSource(SegmentationSource):
 
     # -- splits and labels ----------------------------------------------------------------------
     def split_ids(self, split: str) -> list[str]:
-        return list(self._split_index(split)[0])
+        if split not in self._usable:
+            self._usable[split] = self._drop_bad_entries(split, list(self._split_index(split)[0]))
+        return list(self._usable[split])
+
+    def split_file(self, split: str) -> Path | None:
+        return self.annotation_path(split)
+
+    def entry_problem(self, image_id: str, split: str) -> str | None:
+        """Only the image file is checked (a mask is rasterised from the json on first use; its errors name the
+        annotation)."""
+        try:
+            path = self.image_path(image_id)
+            if not path.is_file():
+                self.read_image(image_id)  # raises the message that says where the images come from
+            probe_image(path)
+        except DataError as exc:
+            return str(exc)
+        return None
 
     def skipped_ids(self, split: str) -> list[str]:
         """Ids of ``split`` left out of :meth:`split_ids` because the json gives them no annotation."""
@@ -197,6 +217,7 @@ class COCOSource(SegmentationSource):
             prefix = f"COCO_{SPLIT_DIRS[split]}_"
             ids, skipped, stems = [], [], {}
             for coco_id, record in coco.imgs.items():
+                _check_image_record(record, self.annotation_path(split))
                 stem = Path(str(record.get("file_name", ""))).stem
                 if not stem.startswith(prefix) or _ID_PATTERN.match(stem) is None:
                     raise DataError(
@@ -241,6 +262,21 @@ class COCOSource(SegmentationSource):
                 f"coco: cached mask {path} is {size[0]}x{size[1]} but its image is {expected[0]}x{expected[1]} "
                 "(width x height); the cache is stale or from another dataset: delete it to rasterise it again"
             )
+
+
+def _check_image_record(record: Any, path: Path) -> None:
+    """An ``images`` entry needs an id and a positive integer width and height (masks are rasterised at that size)."""
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"an entry of 'images' is {type(record).__name__}, not an object"
+    else:
+        for key in ("width", "height"):
+            value = record.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
+                problem = f"image {record.get('id')!r} has {key}={value!r}, expected a positive integer"
+                break
+    if problem:
+        raise DataError(f"coco: malformed entry in {path}: {problem}; download the annotations again")
 
 
 def _load_coco(path: Path) -> Any:

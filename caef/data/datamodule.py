@@ -7,33 +7,38 @@ scoring split (classifier, CGNet), or image/mask batches (DeepLab).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from caef.data.datasets import ClassificationDataset, InferenceDataset, SegmentationDataset, SizeBucketBatchSampler
 from caef.data.source import SegmentationSource
 from caef.data.synthetic import SynthConfig, generate, read_manifest
-from caef.data.transforms import AugmentationConfig, eval_transform, train_transform
+from caef.data.transforms import AugmentationConfig, eval_transform, reseed_augmentation, train_transform
 from caef.errors import DataError
 
 DatasetName = Literal["synthetic", "voc", "coco"]
 
 
-def open_source(dataset: DatasetName, root: str | Path, cache_dir: str | Path | None = None) -> SegmentationSource:
-    """The reader for ``dataset`` at ``root`` (errors name the path and how to obtain the data)."""
+def open_source(
+    dataset: DatasetName, root: str | Path, cache_dir: str | Path | None = None, skip_bad: bool = False
+) -> SegmentationSource:
+    """The reader for ``dataset`` at ``root`` (errors name the path and how to obtain the data); ``skip_bad``
+    leaves out list entries with missing or unreadable files (warned, listed in ``<cache_dir>/skipped/``)."""
     if dataset in ("voc", "synthetic"):
         from caef.data.voc import VOCSource
 
-        return VOCSource(root, cache_dir=cache_dir)
+        return VOCSource(root, cache_dir=cache_dir, skip_bad=skip_bad)
     if dataset == "coco":
         from caef.data.coco import COCOSource
 
-        return COCOSource(root, cache_dir=cache_dir)
+        return COCOSource(root, cache_dir=cache_dir, skip_bad=skip_bad)
     raise DataError(f"unknown dataset {dataset!r}: use one of synthetic, voc, coco")
 
 
@@ -52,6 +57,8 @@ def ensure_synthetic(root: str | Path, config: SynthConfig) -> None:
 
 def _worker_init(_: int) -> None:
     cv2.setNumThreads(0)  # OpenCV threads inside DataLoader workers oversubscribe the cores
+    info = torch.utils.data.get_worker_info()  # its torch seed: base seed of this epoch (from the seeded RNG) + id
+    reseed_augmentation(info.dataset, torch.initial_seed())
 
 
 class WSSSDataModule(pl.LightningDataModule):
@@ -65,6 +72,8 @@ class WSSSDataModule(pl.LightningDataModule):
         eval_batch_size: images per inference batch (equal-size images are batched together).
         num_workers: DataLoader worker processes.
         synth: recipe of the generated dataset (only with ``dataset=synthetic``).
+        skip_bad: leave out list entries whose image or mask is missing or unreadable (warned, recorded in
+            ``<cache_dir>/skipped/<split>.txt``) instead of stopping; default: stop at the first, naming it.
     """
 
     def __init__(
@@ -76,12 +85,14 @@ class WSSSDataModule(pl.LightningDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         synth: SynthConfig = SynthConfig(),
+        skip_bad: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.dataset, self.root, self.cache_dir = dataset, root, cache_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.synth = synth
+        self.skip_bad = skip_bad
         self._source: SegmentationSource | None = None
 
     # -- the tree ----------------------------------------------------------------------------------
@@ -94,7 +105,7 @@ class WSSSDataModule(pl.LightningDataModule):
         if self._source is None:
             if self.dataset == "synthetic":
                 ensure_synthetic(self.root, self.synth)
-            self._source = open_source(self.dataset, self.root, self.cache_dir)
+            self._source = open_source(self.dataset, self.root, self.cache_dir, self.skip_bad)
         return self._source
 
     @property
@@ -110,21 +121,32 @@ class WSSSDataModule(pl.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        """Training loaders (``shuffle``) start fresh workers every epoch: each is seeded from the torch RNG at that
+        epoch's start, which checkpoints carry, so a resumed run augments exactly as the uninterrupted one."""
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not kwargs.get("shuffle", False),
             worker_init_fn=_worker_init,
             **kwargs,
         )
 
     def _inference_loader(self, split: str, limit: int | None = None) -> DataLoader:
+        """Whole images batched by size. Under DDP each rank gets its own share of the split, every image exactly
+        once over all ranks (no padding, unlike Lightning's ``DistributedSampler``): scores count each image once
+        and exported files are written once."""
         dataset = InferenceDataset(self.source, split, eval_transform(), limit=limit)
-        indices = range(len(dataset))
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # each rank scores its own disjoint shard: no padded duplicates in the reported mIoU
-            indices = range(self.trainer.global_rank, len(dataset), self.trainer.world_size)
-        sampler = SizeBucketBatchSampler(dataset.image_sizes(), self.eval_batch_size, indices=indices)
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if 0 < len(dataset) < world_size:
+            raise DataError(
+                f"split {split!r} has {len(dataset)} image(s) to evaluate, fewer than the {world_size} processes: "
+                "every process needs at least one; run this on fewer devices (or score more images)"
+            )
+        if world_size > 1:  # Lightning warns that its DistributedSampler repeats images: ours does not
+            warnings.filterwarnings("ignore", message="Using `DistributedSampler` with the dataloaders")
+        sampler = SizeBucketBatchSampler(
+            dataset.image_sizes(), self.eval_batch_size, num_replicas=world_size, rank=rank
+        )
         return self._loader(dataset, batch_sampler=sampler)
 
 
@@ -148,6 +170,7 @@ class ClassificationDataModule(WSSSDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         synth: SynthConfig = SynthConfig(),
+        skip_bad: bool = False,
         train_split: str = "train_aug",
         score_split: str = "train",
         predict_split: str = "train_aug",
@@ -157,7 +180,7 @@ class ClassificationDataModule(WSSSDataModule):
         flip: bool = True,
         color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1),
     ):
-        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth)
+        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth, skip_bad)
         self.train_split, self.score_split, self.predict_split = train_split, score_split, predict_split
         self.score_limit = score_limit
         self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter)
@@ -194,6 +217,7 @@ class SegmentationDataModule(WSSSDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 2,
         synth: SynthConfig = SynthConfig(),
+        skip_bad: bool = False,
         train_split: str = "train_aug",
         val_split: str = "val",
         label_dir: str | None = None,
@@ -202,7 +226,7 @@ class SegmentationDataModule(WSSSDataModule):
         flip: bool = True,
         color_jitter: tuple[float, float, float, float] | None = None,
     ):
-        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth)
+        super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth, skip_bad)
         self.train_split, self.val_split, self.label_dir = train_split, val_split, label_dir
         self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter)
 

@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from caef.data.source import SegmentationSource, check_same_size, read_mask
 from caef.errors import DataError
@@ -125,13 +126,55 @@ class SegmentationDataset(Dataset):
         return {"id": image_id, "image": out["image"], "mask": out["mask"].long()}
 
 
-class SizeBucketBatchSampler(Sampler[list[int]]):
-    """Batches of equal-size images (in first-seen order of sizes), so whole images batch without padding."""
+def shard_indices(indices: Sequence[int], num_replicas: int = 1, rank: int = 0) -> list[int]:
+    """Rank ``rank``'s share of ``indices``: those at positions ``rank``, ``rank + num_replicas``, ...
 
-    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int, indices: Sequence[int] | None = None):
-        self.batch_size = batch_size
+    Unlike :class:`~torch.utils.data.distributed.DistributedSampler`, nothing is padded: over all ranks every
+    index comes exactly once (shard lengths differ by at most one), so evaluation counts no image twice.
+    """
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+    return list(indices)[rank::num_replicas]
+
+
+class SizeBucketBatchSampler(BatchSampler):
+    """Batches of equal-size images (in first-seen order of sizes), so whole images batch without padding.
+
+    Distributed (DDP) evaluation: each rank takes its own share of the items (:func:`shard_indices`, before
+    bucketing): every item is seen by exactly one rank, none is repeated to even out the shards.
+
+    Args:
+        sizes: (height, width) of every item of the dataset.
+        batch_size: most items per batch.
+        indices: the items to batch (default: all), in order.
+        num_replicas, rank: the number of processes and this one's global rank.
+        sampler: for Lightning only, which rebuilds batch samplers around a sampler of its own under DDP
+            (``use_distributed_sampler=True``, its default). Of a ``DistributedSampler`` (Lightning's repeats
+            items to even out the ranks) only ``num_replicas`` and ``rank`` are taken; any other sampler
+            (Lightning passes the loader's sequential one when predicting) is ignored.
+        drop_last: must be False (every image is evaluated); an argument so that Lightning can set it.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        batch_size: int,
+        indices: Sequence[int] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        sampler: Sampler | Iterable[int] | None = None,
+        drop_last: bool = False,
+    ):
+        if drop_last:
+            raise ValueError("SizeBucketBatchSampler keeps every item: drop_last must be False")
+        if isinstance(sampler, DistributedSampler):
+            num_replicas, rank = sampler.num_replicas, sampler.rank
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.indices = shard_indices(range(len(sizes)) if indices is None else indices, num_replicas, rank)
+        self.sampler = self.indices  # what samplers expose (Lightning reads it to tell whether a loader shuffles)
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index in range(len(sizes)) if indices is None else indices:
+        for index in self.indices:
             buckets[tuple(sizes[index])].append(index)
         self.batches = [
             bucket[start : start + batch_size]

@@ -7,13 +7,17 @@ datamodules and ``caef data check`` are written once against it.
 from __future__ import annotations
 
 import abc
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from caef.errors import DataError
+from caef.errors import DataError, DataWarning
 
 IGNORE_INDEX = 255
 
@@ -34,13 +38,25 @@ def voc_palette(num_entries: int = 256) -> np.ndarray:
 
 
 class SegmentationSource(abc.ABC):
-    """A dataset tree on disk. Class index 0 is background; image-level labels cover classes ``1..C-1``."""
+    """A dataset tree on disk. Class index 0 is background; image-level labels cover classes ``1..C-1``.
+
+    With ``skip_bad`` the split lists leave out entries whose image, annotation or mask is missing or unreadable
+    (and classification splits those without a class), with a :class:`~caef.errors.DataWarning`; the skipped ids
+    and why are kept in :attr:`skipped_entries` and written to ``<cache_dir>/skipped/<split>.txt``. Without it
+    (the default) such an entry is an error naming the file.
+    """
 
     #: short name used in messages and manifests
     name: str = "dataset"
+    #: leave bad list entries out instead of failing (see the class docstring)
+    skip_bad: bool = False
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, skip_bad: bool = False):
         self.root = Path(root)
+        self.skip_bad = skip_bad
+        #: split -> {image id: why it was skipped}, filled only with ``skip_bad``
+        self.skipped_entries: dict[str, dict[str, str]] = {}
+        self._classification_ids: dict[str, list[str]] = {}
 
     # -- what a subclass provides ---------------------------------------------------------------
     @property
@@ -55,7 +71,9 @@ class SegmentationSource(abc.ABC):
 
     @abc.abstractmethod
     def split_ids(self, split: str) -> list[str]:
-        """Image ids of ``split`` in list order; raises :class:`DataError` for an unknown or missing split."""
+        """Image ids of ``split`` in list order; raises :class:`DataError` for an unknown or missing split.
+
+        Implementations pass the listed ids through :meth:`_drop_bad_entries` so that ``skip_bad`` applies."""
 
     @abc.abstractmethod
     def image_path(self, image_id: str) -> Path:
@@ -79,6 +97,10 @@ class SegmentationSource(abc.ABC):
     def palette(self) -> np.ndarray:
         return voc_palette()
 
+    def split_file(self, split: str) -> Path | None:
+        """The file that lists ``split``, where the tree has one (named in messages about its entries)."""
+        return None
+
     @cached_property
     def class_labels(self) -> dict[str, np.ndarray]:
         return self._load_class_labels()
@@ -97,16 +119,100 @@ class SegmentationSource(abc.ABC):
             ) from None
 
     def classification_ids(self, split: str) -> list[str]:
-        """Ids of ``split`` checked for use as a classification split: each must carry at least one class."""
+        """Ids of ``split`` checked for use as a classification split, up front: each must carry at least one class
+        and its image file must exist (so a missing file fails now, not hours into an epoch)."""
+        if split in self._classification_ids:
+            return self._classification_ids[split]
         ids = self.split_ids(split)
-        for image_id in ids:
-            if not self.label_of(image_id).any():
-                raise DataError(
-                    f"{self.name}: image {image_id!r} in split {split!r} has no object class, so it cannot "
-                    f"train a multi-label classifier; remove it from the split list under {self.root} "
-                    "(or fix its annotation)"
-                )
+        listed_in = self.split_file(split) or self.root
+        no_class = [image_id for image_id in ids if not self.label_of(image_id).any()]
+        if no_class and self.skip_bad:
+            reason = f"no object class, so it cannot train a multi-label classifier (classification split {split!r})"
+            self._record_skipped(split, {image_id: reason for image_id in no_class}, len(ids))
+            dropped = set(no_class)
+            ids = [image_id for image_id in ids if image_id not in dropped]
+        elif no_class:
+            shown = ", ".join(map(repr, no_class[:5])) + (f" and {len(no_class) - 5} more" if len(no_class) > 5 else "")
+            subject, verb, pronoun = ("image", "has", "it") if len(no_class) == 1 else ("images", "have", "them")
+            raise DataError(
+                f"{self.name}: {subject} {shown} in split {split!r} {verb} no object class, so {pronoun} cannot train "
+                f"a multi-label classifier; remove {pronoun} from {listed_in} (or fix the annotation)"
+            )
+        missing = [self.image_path(image_id) for image_id in ids if not self.image_path(image_id).is_file()]
+        if missing:
+            shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(
+                f"{self.name}: {len(missing)} image file(s) of split {split!r} (listed in {listed_in}) not found: "
+                f"{shown}; re-extract the images or remove the ids from the list (`caef data check` lists every "
+                "problem)"
+            )
+        self._classification_ids[split] = ids
         return ids
+
+    # -- skipping bad entries -------------------------------------------------------------------
+    def entry_problem(self, image_id: str, split: str) -> str | None:
+        """Why entry ``image_id`` of ``split`` is unusable (image, annotation or mask missing, unreadable or of
+        another size), or None. Decodes the image (at reduced scale for JPEG) and the mask."""
+        try:
+            image_path = self.image_path(image_id)
+            size = probe_image(image_path)
+            self.label_of(image_id)
+            mask_path = self.mask_path(image_id, split)
+            if mask_path is not None:
+                _check_sizes(size, read_mask(mask_path, self.num_classes).shape[:2], image_path, mask_path)
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    def _drop_bad_entries(self, split: str, ids: list[str]) -> list[str]:
+        """``ids`` without the entries :meth:`entry_problem` rejects, where ``skip_bad`` is on (else ``ids``)."""
+        if not self.skip_bad or not ids:
+            return ids
+        _ = self.class_labels  # a tree-wide annotation problem (no Annotations folder ...) is an error, not a skip
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:  # decoding releases the GIL
+            problems = list(
+                tqdm(
+                    pool.map(lambda image_id: self.entry_problem(image_id, split), ids, chunksize=64),
+                    total=len(ids),
+                    desc=f"{self.name} {split}: checking entries",
+                    unit="img",
+                    disable=None,
+                    leave=False,
+                )
+            )
+        bad = {image_id: problem for image_id, problem in zip(ids, problems) if problem is not None}
+        if bad:
+            self._record_skipped(split, bad, len(ids))
+        return [image_id for image_id, problem in zip(ids, problems) if problem is None]
+
+    def _record_skipped(self, split: str, bad: dict[str, str], total: int) -> None:
+        """Keep, write and warn about skipped entries; a split with nothing left is an error."""
+        skipped = self.skipped_entries.setdefault(split, {})
+        skipped.update(bad)
+        first_id, first_problem = next(iter(bad.items()))
+        if len(bad) >= total:
+            raise DataError(
+                f"{self.name}: every one of the {total} entries of split {split!r} is unusable, e.g. {first_id!r}: "
+                f"{first_problem}; fix the dataset (`caef data check` lists every problem)"
+            )
+        where = ""
+        cache_dir = getattr(self, "cache_dir", None)
+        if cache_dir is not None:
+            from caef.io import write_text
+
+            path = Path(cache_dir) / "skipped" / f"{split}.txt"
+            try:
+                write_text(path, "".join(f"{i}\t{reason}\n" for i, reason in sorted(skipped.items())))
+                where = f"; all skipped ids with the reason are in {path}"
+            except OSError:
+                pass  # a read-only tree: the warning and skipped_entries still tell
+        warnings.warn(
+            f"{self.name}: skipped {len(bad)} of {total} entries of split {split!r} (skip_bad), e.g. "
+            f"{first_id!r}: {first_problem}{where}",
+            DataWarning,
+            stacklevel=3,
+        )
 
     def read_image(self, image_id: str) -> np.ndarray:
         return read_image(self.image_path(image_id))
@@ -116,6 +222,23 @@ class SegmentationSource(abc.ABC):
         if path is None:
             raise DataError(f"{self.name}: split {split!r} has no ground-truth masks (image {image_id!r})")
         return read_mask(path, self.num_classes)
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, after decoding all of it (JPEG at 1/8 scale, which still reads every
+    byte), so a missing, truncated or corrupt file is a :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path} (is the dataset complete? run `caef data check`)")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {exc} (the file is corrupt or truncated; re-extract it)") from exc
+    return height, width
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -160,10 +283,15 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
 
 
 def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path | None) -> None:
-    if image.shape[:2] != mask.shape[:2]:
+    _check_sizes(image.shape[:2], mask.shape[:2], image_path, mask_path)
+
+
+def _check_sizes(image_hw: tuple[int, ...], mask_hw: tuple[int, ...], image_path: Path, mask_path: Path | None) -> None:
+    if tuple(image_hw) != tuple(mask_hw):
         raise DataError(
-            f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-            f"{mask.shape[1]}x{mask.shape[0]} (width x height); they must match"
+            f"image {image_path} is {image_hw[1]}x{image_hw[0]} but its mask {mask_path} is "
+            f"{mask_hw[1]}x{mask_hw[0]} (width x height); they must match: the mask belongs to another image or "
+            "was resized, so re-extract (or regenerate) it, or remove the id from the split list"
         )
 
 

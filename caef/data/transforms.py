@@ -82,3 +82,12 @@ def denormalize(
     std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     pixels = ((images.float() * std_t + mean_t) * 255.0).clamp(0, 255).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def reseed_augmentation(dataset: object, seed: int) -> None:
+    """Restart the random stream of ``dataset.transform`` (an albumentations Compose keeps its own generator,
+    ignoring global seeds) from ``seed``. Called per DataLoader worker with its torch seed and per epoch in the
+    main process, so augmentations follow the torch RNG: reproducible, distinct per worker and epoch."""
+    transform = getattr(dataset, "transform", None)
+    if isinstance(transform, A.BaseCompose):
+        transform.set_random_seed(seed % 2**32)

@@ -46,13 +46,17 @@ def resolve_voc_root(root: str | Path) -> Path:
 
 
 class VOCSource(SegmentationSource):
-    """A VOC 2012 tree; image-level labels derived from the XML annotations and cached in ``cache_dir``."""
+    """A VOC 2012 tree; image-level labels derived from the XML annotations and cached in ``cache_dir``.
+
+    ``skip_bad``: leave list entries with a missing/unreadable image, annotation or mask out of the splits, with a
+    warning (see :class:`SegmentationSource`), instead of failing on them.
+    """
 
     name = "voc"
 
-    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None, skip_bad: bool = False):
         self.voc_dir = resolve_voc_root(root)
-        super().__init__(self.voc_dir)
+        super().__init__(self.voc_dir, skip_bad=skip_bad)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.voc_dir / "caef_cache"
         self._class_names = self._read_class_names()
         self._class_index = {name: i for i, name in enumerate(self._class_names)}
@@ -90,8 +94,14 @@ class VOCSource(SegmentationSource):
             ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
             if not ids:
                 raise DataError(f"split list {path} is empty; it should list one image id per line")
-            self._ids[split] = ids
+            self._ids[split] = self._drop_bad_entries(split, ids)
         return self._ids[split]
+
+    def split_file(self, split: str) -> Path | None:
+        try:
+            return self.split_list_path(split)
+        except DataError:
+            return None
 
     def image_path(self, image_id: str) -> Path:
         return self.voc_dir / "JPEGImages" / f"{image_id}.jpg"

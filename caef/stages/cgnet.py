@@ -62,9 +62,21 @@ def load_ordinary_classifier(
             f"ordinary classifier checkpoint not found: {path}; train one with `caef classifier fit` "
             "(runs/<name>/classifier/last.ckpt) or point model.ordinary_classifier at PSA's res38_cls.pth"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, not a torch file, pickle errors ...
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # torch's first sentence
+        raise CaefError(
+            f"cannot read ordinary classifier checkpoint {path} ({type(exc).__name__}: {detail}): the file is "
+            "truncated or not a torch checkpoint; copy it again or retrain it with `caef classifier fit`"
+        ) from exc
     if isinstance(checkpoint, dict) and "hyper_parameters" in checkpoint and "state_dict" in checkpoint:
         hp = checkpoint["hyper_parameters"]
+        if not {"backbone", "num_classes"} <= set(hp or {}):
+            raise CaefError(
+                f"{path} is a Lightning checkpoint but not of a caef classifier (its hyper-parameters lack backbone "
+                "and num_classes); point model.ordinary_classifier at runs/<name>/classifier/last.ckpt"
+            )
         net = build_cam_net(hp["backbone"], hp["num_classes"], **(hp.get("backbone_options") or {}))
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     else:
@@ -72,6 +84,11 @@ def load_ordinary_classifier(
 
         net = build_cam_net(backbone, num_classes, **(backbone_options or {}))
         state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise CaefError(
+                f"ordinary classifier {path} holds a {type(state).__name__}, not a state dict of tensors; give a caef "
+                "classifier .ckpt, PSA's res38_cls.pth or OC-CSE's net_cl.pth"
+            )
         state = {k.removeprefix("module."): v for k, v in state.items()}
         if backbone == "resnet38" and "classifier.weight" not in state:
             state = convert_reference_state_dict(state)  # PSA / OC-CSE names (trunk + fc8)
@@ -105,10 +122,27 @@ def check_state_dict(net: torch.nn.Module, state: dict[str, Tensor], path: Path,
         if items
     ]
     if problems:
-        raise CaefError(
-            f"{what} {path} does not match the configured architecture: {'; '.join(problems)}. "
-            "Check the backbone name and options (e.g. width) it was trained with."
-        )
+        hint = "Check the backbone name and options (e.g. width) it was trained with."
+        if "CGNet init" in what:
+            hint = (
+                "init_from_ordinary_classifier needs the CGNet's architecture (model.backbone, "
+                "model.backbone_options) to equal the classifier's: make them equal, or set "
+                "model.init_from_ordinary_classifier=false."
+            )
+        elif what == "ordinary classifier":
+            hint = (
+                "For a plain state dict (.pth), set model.ordinary_classifier_backbone and "
+                "model.ordinary_classifier_options (e.g. width) to the architecture it was trained with."
+            )
+        head = [k for k in ("classifier.weight", "net.classifier.weight") if k in state and k in expected]
+        if head and tuple(state[head[0]].shape[1:]) == tuple(expected[head[0]].shape[1:]):
+            found, wanted = len(state[head[0]]), len(expected[head[0]])
+            if found != wanted:
+                hint = (
+                    f"It predicts {found} foreground classes but {wanted} are configured: use one trained on this "
+                    "dataset (num_classes comes from the data)."
+                )
+        raise CaefError(f"{what} {path} does not match the configured architecture: {'; '.join(problems)}. {hint}")
 
 
 class CGNetModule(CAMModule):

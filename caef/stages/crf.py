@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from caef.cam_files import load_cams
 from caef.data.source import SegmentationSource, read_image, write_mask
-from caef.errors import CaefError
+from caef.errors import CaefError, check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ def run_crf_seeds(
         raise ValueError(f"shard must satisfy 0 <= i < n, got {index}/{count}")
     start = time.perf_counter()
     cam_dir, out_dir = Path(cam_dir), Path(out_dir)
+    for sub in ("low", "high"):  # before any CRF runs: an unwritable folder fails now, naming it
+        check_writable_dir(out_dir / sub, "CRF seed output folder (--out-dir)")
     tasks, skipped = [], 0
     for image_id in source.split_ids(split)[index::count]:
         outputs = (out_dir / "low" / f"{image_id}.png", out_dir / "high" / f"{image_id}.png")

@@ -30,6 +30,7 @@ TRUNK_BLOCK_NAMES = tuple(
     for stage, count in BLOCKS_PER_STAGE.items()
     for index in range(count)
 )
+IMAGENET_PARAMS = "data/pretrained/ilsvrc-cls_rna-a1_cls1000_ep-0001.params"
 IMAGENET_WEIGHTS_HELP = (
     "download the ImageNet weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params from "
     "https://github.com/itijyou/ademxapp, or PSA's res38_cls.pth from https://github.com/jiwoon-ahn/psa"
@@ -175,8 +176,9 @@ class ResNet38(Backbone):
 
     # -- weights ---------------------------------------------------------------------------------------
     def load_pretrained(self, path: str | PathLike) -> None:
-        """Load trunk weights from an ademxapp ``.params`` or a PSA/OC-CSE/caef ``.pth``/``.pt``/``.ckpt``."""
-        path = Path(path)
+        """Load trunk weights from an ademxapp ``.params`` or a PSA/OC-CSE/caef ``.pth``/``.pt``/``.ckpt``;
+        ``imagenet`` means the ademxapp file at its usual place, ``data/pretrained/`` (as for torchvision trunks)."""
+        path = Path(IMAGENET_PARAMS if str(path) == "imagenet" else path)
         if not path.is_file():
             raise CaefError(f"pretrained weights {path} not found; {IMAGENET_WEIGHTS_HELP}")
         suffix = path.suffix.lower()

@@ -1,0 +1,476 @@
+"""``caef pipeline CONFIG``: a whole experiment, stage by stage, cached and resumable.
+
+    classifier -> cgnet -> cams -> crf -> affinity -> pseudo -> deeplab (+ fully_supervised, the upper bound)
+
+Each stage is one ``caef`` command in its own process (clean W&B runs, no state shared between stages) under
+``<runs_root>/<name>/``. ``manifest.json`` there records, per stage, its argv, a fingerprint of its config file,
+argv and upstream fingerprints, its status and time. On a rerun a ``done`` stage with an unchanged fingerprint
+whose outputs exist is skipped; a ``running`` stage (the process died) resumes -- training from its
+``last.ckpt``, offline stages from the files not yet written (writers skip existing, atomically written files);
+a stage whose fingerprint changed starts clean (its old outputs are removed). ``--from``/``--until`` select a
+slice; a stage outside it must already be done for the stages after it to run.
+
+The stages write their metrics into ``summary.json`` (CAM scores, pseudo-label scores, DeepLab val mIoU); the
+pipeline adds the seed, backbones, masking depth, per-stage times and a config hash, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from caef.errors import CaefError
+from caef.io import update_json, write_json
+
+LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One pipeline step: which ``caef`` command it runs, what it needs, what it leaves behind."""
+
+    name: str
+    command: tuple[str, ...]  # e.g. ("cgnet", "predict")
+    needs: tuple[str, ...]
+    outputs: tuple[str, ...]  # paths under the run dir that must exist once it is done
+    checkpoint: str | None = None  # train stages: <run_dir>/<checkpoint> to resume from
+    help: str = ""
+
+    @property
+    def trains(self) -> bool:
+        return self.command[-1] == "fit"
+
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec("classifier", ("classifier", "fit"), (), ("classifier/last.ckpt",), "classifier/last.ckpt",
+                  "ordinary classifier"),
+        StageSpec("cgnet", ("cgnet", "fit"), ("classifier",), ("cgnet/last.ckpt",), "cgnet/last.ckpt",
+                  "CGNet (adversarial erasing against the frozen classifier)"),
+        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), ("cams/cgnet",), None, "CGNet CAM export"),
+        StageSpec("crf", ("crf",), ("cams",), ("seeds/low", "seeds/high"), None, "dense-CRF seeds"),
+        StageSpec("affinity", ("affinity", "fit"), ("cgnet", "crf"), ("affinity/last.ckpt",), "affinity/last.ckpt",
+                  "AffinityNet"),
+        StageSpec("pseudo", ("affinity", "predict"), ("affinity", "cams", "crf"), ("pseudo",), None,
+                  "random walk -> pseudo labels (scored)"),
+        StageSpec("deeplab", ("deeplab", "fit"), ("pseudo",), ("deeplab/last.ckpt",), "deeplab/last.ckpt",
+                  "DeepLab on pseudo labels"),
+        StageSpec("fully_supervised", ("deeplab", "fit"), (), ("fully_supervised/last.ckpt",),
+                  "fully_supervised/last.ckpt", "DeepLab on ground truth (upper bound)"),
+    )
+}  # fmt: skip
+ORDER = tuple(STAGES)
+
+#: summary rows of the final table: (label, metric key, threshold key or None)
+TABLE_ROWS = (
+    ("ordinary classifier CAM", "oc_cam_miou", "oc_cam_threshold"),
+    ("CGNet CAM", "cgnet_cam_miou", "cgnet_cam_threshold"),
+    ("CRF seeds (decided px)", "crf_seed_miou", None),
+    ("pseudo labels", "pseudo_label_miou", None),
+    ("DeepLab val (pseudo)", "deeplab_val_miou", None),
+    ("DeepLab val (ground truth)", "fully_supervised_val_miou", None),
+)
+
+
+@dataclass
+class PipelineConfig:
+    """The experiment file (``experiments/*.yaml``); every field can be overridden on the command line."""
+
+    name: str
+    stages: dict[str, dict[str, Any]]  # stage -> {config: YAML of the stage's command, args: [flags]}
+    runs_root: str = "runs"
+    seed: int = 0
+    dataset: str = "synthetic"
+    data_root: str | None = None  # checked before anything runs
+    data_help: str = ""  # what to print when data_root is missing
+    all: list[str] = field(default_factory=list)  # flags given to every Lightning stage
+    tags: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise CaefError(f"pipeline config not found: {path} (see experiments/*.yaml)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CaefError(f"pipeline config {path} is not valid YAML: {exc}") from exc
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CaefError(f"pipeline config {path}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        for key in ("name", "stages"):
+            if key not in raw:
+                raise CaefError(f"pipeline config {path}: missing key {key!r}")
+        config = cls(**raw)
+        for stage, spec in config.stages.items():
+            if stage not in STAGES:
+                raise CaefError(f"pipeline config {path}: unknown stage {stage!r}; stages: {', '.join(ORDER)}")
+            extra = sorted(set(spec or {}) - {"config", "args"})
+            if extra:
+                raise CaefError(f"pipeline config {path}: stage {stage!r} has unknown key(s) {extra} (config, args)")
+            config.stages[stage] = {"config": (spec or {}).get("config"), "args": list((spec or {}).get("args") or [])}
+            if STAGES[stage].command[0] in LIGHTNING_STAGES and not config.stages[stage]["config"]:
+                raise CaefError(f"pipeline config {path}: stage {stage!r} needs a `config:` (a stage YAML)")
+        return config
+
+
+class Pipeline:
+    """Runs the stages of ``config`` in order under ``<runs_root>/<name>``; see the module docstring."""
+
+    def __init__(
+        self, config: PipelineConfig, overrides: dict[str, list[str]] | None = None, python: str | None = None
+    ):
+        self.config = config
+        self.overrides = overrides or {}
+        self.python = python or sys.executable
+        self.run_dir = Path(config.runs_root) / config.name
+        self.manifest_path = self.run_dir / "manifest.json"
+
+    # -- what each stage runs --------------------------------------------------------------------------------------
+    def argv(self, stage: str) -> list[str]:
+        spec, settings = STAGES[stage], self.config.stages[stage]
+        run = self.run_dir
+        args = list(spec.command)
+        if settings["config"]:
+            args += ["--config", settings["config"]]
+        if spec.command[0] in LIGHTNING_STAGES:
+            args += [f"--run_dir={run}", f"--seed_everything={self.config.seed}", *self.config.all]
+            args += [f"--stage_dir={stage}"] if spec.trains and stage != spec.command[0] else []
+        if spec.command[0] in LIGHTNING_STAGES and self.config.data_root:
+            args.append(f"--data.root={self.config.data_root}")
+        if stage == "cams":
+            args.append(f"--ckpt_path={run / 'cgnet' / 'last.ckpt'}")
+        elif stage == "crf":
+            args += [f"--dataset={self.config.dataset}", f"--root={self.config.data_root}"]
+            args += [f"--cam-dir={run / 'cams' / 'cgnet'}", f"--out-dir={run / 'seeds'}"]
+        elif stage == "affinity":
+            args.append(f"--model.init_checkpoint={run / 'cgnet' / 'last.ckpt'}")
+        elif stage == "pseudo":
+            args.append(f"--ckpt_path={run / 'affinity' / 'last.ckpt'}")
+        elif stage == "deeplab":
+            args.append(f"--data.label_dir={run / 'pseudo'}")
+        return args + settings["args"] + self.overrides.get(stage, [])
+
+    def fingerprint(self, stage: str, manifest: dict) -> str:
+        settings = self.config.stages[stage]
+        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]  # same for every run
+        digest = hashlib.sha256(json.dumps(portable).encode())
+        if settings["config"]:
+            digest.update(Path(settings["config"]).read_bytes())
+        for need in STAGES[stage].needs:
+            digest.update(manifest["stages"].get(need, {}).get("fingerprint", "missing").encode())
+        return digest.hexdigest()[:16]
+
+    def config_hash(self) -> str:
+        manifest = self._load_manifest()
+        parts = [self.fingerprint(s, manifest) if not STAGES[s].needs else "" for s in self.stages()]
+        return hashlib.sha256(json.dumps([parts, {s: self.argv(s) for s in self.stages()}]).encode()).hexdigest()[:16]
+
+    def stages(self) -> list[str]:
+        return [s for s in ORDER if s in self.config.stages]
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def run(self, start: str | None = None, until: str | None = None, dry_run: bool = False) -> dict:
+        stages = self.stages()
+        for bound in (start, until):
+            if bound is not None and bound not in stages:
+                raise CaefError(f"--from/--until {bound!r} is not a stage of this pipeline ({', '.join(stages)})")
+        first = stages.index(start) if start else 0
+        last = stages.index(until) if until else len(stages) - 1
+        self._check_data()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        manifest = self._load_manifest()
+        for stage in stages[first : last + 1]:
+            self._run_stage(stage, manifest, dry_run)
+        return {} if dry_run else self._finish(manifest)
+
+    def _run_stage(self, stage: str, manifest: dict, dry_run: bool) -> None:
+        spec = STAGES[stage]
+        for need in () if dry_run else spec.needs:
+            if need in self.config.stages and manifest["stages"].get(need, {}).get("status") != "done":
+                raise CaefError(f"stage {stage!r} needs {need!r}, which has not finished; run it first (--from {need})")
+        fingerprint = self.fingerprint(stage, manifest)
+        entry = manifest["stages"].get(stage, {})
+        same = entry.get("fingerprint") == fingerprint
+        if same and entry.get("status") == "done" and self._outputs_exist(spec):
+            print(f"[caef pipeline] {stage}: done, unchanged -- skipped", flush=True)
+            return
+        if not (same and entry.get("status") == "running") and self._reuse_cached(stage, fingerprint, manifest):
+            return
+        argv = self.argv(stage)
+        resume = same and entry.get("status") == "running"
+        if resume and spec.checkpoint and (self.run_dir / spec.checkpoint).is_file():
+            argv.append(f"--ckpt_path={self.run_dir / spec.checkpoint}")
+        elif not resume:
+            self._clear_outputs(spec)
+        cmd = [self.python, "-m", "caef.cli", *argv]
+        print(f"\n[caef pipeline] {stage} ({spec.help}){' -- resuming' if resume else ''}\n  caef {' '.join(argv)}",
+              flush=True)  # fmt: skip
+        if dry_run:
+            return
+        seconds = entry.get("seconds", 0.0) if resume else 0.0
+        manifest["stages"][stage] = {
+            "status": "running", "fingerprint": fingerprint, "argv": argv,
+            "config": self.config.stages[stage]["config"], "needs": list(spec.needs), "outputs": list(spec.outputs),
+            "seconds": seconds, "started": _now(),
+        }  # fmt: skip
+        self._save_manifest(manifest)
+        before = self._summary()
+        start = time.perf_counter()
+        env = os.environ | {"CAEF_PIPELINE": json.dumps(self._wandb_context())}
+        result = subprocess.run(cmd, env=env)
+        manifest["stages"][stage]["seconds"] = round(seconds + time.perf_counter() - start, 1)
+        if result.returncode != 0:
+            self._save_manifest(manifest)
+            raise CaefError(
+                f"stage {stage!r} failed (exit code {result.returncode}); fix the cause and rerun the same command: "
+                f"finished stages are kept and {stage!r} resumes"
+            )
+        if not self._outputs_exist(spec):
+            raise CaefError(f"stage {stage!r} finished but left no {', '.join(spec.outputs)} under {self.run_dir}")
+        after = self._summary()
+        delta = {k: v for k, v in after.items() if before.get(k) != v}
+        manifest["stages"][stage].update(status="done", finished=_now(), summary=delta)
+        self._save_manifest(manifest)
+        cache = self._load_cache()
+        cache[fingerprint] = self.config.name
+        write_json(self._cache_path(), cache)
+
+    # -- stage cache: a stage with the same fingerprint finished in another run (a sweep's shared classifier) ------
+    def _cache_path(self) -> Path:
+        return Path(self.config.runs_root) / "stage_cache.json"
+
+    def _load_cache(self) -> dict[str, str]:
+        try:
+            return json.loads(self._cache_path().read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def _reuse_cached(self, stage: str, fingerprint: str, manifest: dict) -> bool:
+        """Copy a finished stage's outputs (and its summary entries) from another run with the same fingerprint."""
+        other_name = self._load_cache().get(fingerprint)
+        if not other_name or other_name == self.config.name:
+            return False
+        other = Path(self.config.runs_root) / other_name
+        try:
+            entry = json.loads((other / "manifest.json").read_text())["stages"][stage]
+        except (OSError, KeyError, json.JSONDecodeError):
+            return False
+        spec = STAGES[stage]
+        if entry.get("fingerprint") != fingerprint or entry.get("status") != "done":
+            return False
+        if not all((other / out).exists() for out in spec.outputs):
+            return False
+        self._clear_outputs(spec)
+        for top in sorted({out.split("/")[0] for out in spec.outputs}):
+            src, dst = other / top, self.run_dir / top
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dst)
+        if entry.get("summary"):
+            update_json(self.run_dir / "summary.json", entry["summary"])
+        manifest["stages"][stage] = entry | {"cached_from": str(other), "seconds": 0.0}
+        self._save_manifest(manifest)
+        print(f"[caef pipeline] {stage}: same inputs and config as in {other} -- copied", flush=True)
+        return True
+
+    def _summary(self) -> dict:
+        path = self.run_dir / "summary.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    def _outputs_exist(self, spec: StageSpec) -> bool:
+        return all((self.run_dir / out).exists() for out in spec.outputs)
+
+    def _clear_outputs(self, spec: StageSpec) -> None:
+        """A fresh start: remove what an earlier run of this stage (other config or inputs) left behind."""
+        paths = {self.run_dir / out.split("/")[0] if spec.trains else self.run_dir / out for out in spec.outputs}
+        if spec.name == "crf":
+            paths = {self.run_dir / "seeds"}
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def _check_data(self) -> None:
+        root = self.config.data_root
+        if root and self.config.dataset != "synthetic" and not Path(root).exists():
+            raise CaefError(f"dataset root {root} not found.\n{self.config.data_help}".rstrip())
+
+    def _wandb_context(self) -> dict:
+        """Pipeline-level facts every stage's W&B run carries (group, tags, config) for comparisons in the UI."""
+        facts = self._facts()
+        tags = [f"dataset:{self.config.dataset}", f"seed:{self.config.seed}", *self.config.tags]
+        if facts.get("masking_depth") is not None:
+            tags.append(f"masking_depth:{facts['masking_depth']}")
+        tags += [f"{k}:{facts[k]}" for k in ("classifier_backbone", "cgnet_backbone") if facts.get(k)]
+        return {"group": self.config.name, "tags": tags, "config": facts}
+
+    def _facts(self) -> dict:
+        """Seed, dataset, backbones and masking depth as the stage flags set them (read back from checkpoints
+        when they exist, so the summary states what actually ran)."""
+        facts: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed, "dataset": self.config.dataset}
+        for stage, key in (("classifier", "classifier_backbone"), ("cgnet", "cgnet_backbone")):
+            if stage in self.config.stages:
+                facts[key] = _flag(self.argv(stage), "model.backbone") or _yaml_value(
+                    self.config.stages[stage]["config"], ("model", "backbone")
+                )
+        if "cgnet" in self.config.stages:
+            depth = _flag(self.argv("cgnet"), "model.masking_depth")
+            depth = depth if depth is not None else _yaml_value(self.config.stages["cgnet"]["config"],
+                                                                ("model", "masking_depth"))  # fmt: skip
+            facts["masking_depth"] = int(depth) if depth is not None else 0
+        return facts
+
+    def _finish(self, manifest: dict) -> dict:
+        times = {s: manifest["stages"][s].get("seconds") for s in ORDER if s in manifest["stages"]}
+        times = {s: t for s, t in times.items() if manifest["stages"][s].get("status") == "done"}
+        summary = update_json(
+            self.run_dir / "summary.json",
+            self._facts()
+            | {
+                "config_hash": self.config_hash(),
+                "overrides": self.overrides,
+                "stage_seconds": times,
+                "total_seconds": round(sum(t for t in times.values() if t), 1),
+                "versions": _versions(),
+            },
+        )
+        self._report()
+        return summary
+
+    def _report(self) -> None:
+        """``report.md`` with plots; a failure here is reported, never fatal (the results are already saved)."""
+        try:
+            from caef.data.datamodule import open_source
+            from caef.report import write_report
+
+            write_report(self.run_dir, open_source(self.config.dataset, self.config.data_root))
+        except Exception as exc:  # noqa: BLE001 -- the report is a convenience on top of saved results
+            print(f"[caef pipeline] report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _load_manifest(self) -> dict:
+        if self.manifest_path.is_file():
+            try:
+                return json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise CaefError(f"{self.manifest_path} is corrupt ({exc}); delete it to rerun every stage") from exc
+        return {"name": self.config.name, "stages": {}}
+
+    def _save_manifest(self, manifest: dict) -> None:
+        write_json(self.manifest_path, manifest)
+
+
+def _flag(argv: Sequence[str], key: str) -> str | None:
+    value = None
+    for arg in argv:
+        if arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _yaml_value(path: str | None, keys: Sequence[str]) -> Any:
+    if not path or not Path(path).is_file():
+        return None
+    node: Any = yaml.safe_load(Path(path).read_text()) or {}
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for package in ("caef", "torch", "torchvision", "lightning", "torchmetrics", "wandb", "albumentations"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def format_summary(summary: dict) -> str:
+    """Every stage's mIoU, then every stage's time."""
+    lines = [f"{'stage':<28}{'mIoU':>8}{'thr':>7}", "-" * 43]
+    for label, key, thr_key in TABLE_ROWS:
+        if key in summary:
+            thr = summary.get(thr_key) if thr_key else None
+            lines.append(f"{label:<28}{_fmt(summary.get(key)):>8}{_fmt(thr):>7}")
+    lines.append("-" * 43)
+    lines += [f"{stage:<28}{seconds:>7.1f}s" for stage, seconds in summary.get("stage_seconds", {}).items() if seconds]
+    lines.append(f"{'total':<28}{summary.get('total_seconds', 0):>7.1f}s")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[str]]]:
+    """``CONFIG [--name N] [--seed S] [--from A] [--until B] [--<stage>.<key>=value ...] [--all.<key>=value ...]``.
+
+    ``--cgnet.model.masking_depth=3`` reaches the cgnet stage as ``--model.masking_depth=3``; ``--all.X`` reaches
+    every Lightning stage. This is the shape a W&B sweep agent passes (``${args}``)."""
+    parser = argparse.ArgumentParser(prog="caef pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment YAML (experiments/demo.yaml, voc_full.yaml, coco_full.yaml)")
+    parser.add_argument("--name", help="run name (default: the config's); outputs go to <runs_root>/<name>")
+    parser.add_argument("--seed", type=int, help="seed of every stage (default: the config's)")
+    parser.add_argument("--runs_root", "--runs-root", dest="runs_root", help="folder of runs (default: runs)")
+    parser.add_argument("--data_root", "--data-root", dest="data_root", help="dataset root (default: the config's)")
+    parser.add_argument("--from", dest="start", choices=ORDER, help="first stage to run")
+    parser.add_argument("--until", choices=ORDER, help="last stage to run")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the commands only")
+    known, rest = parser.parse_known_args(list(argv))
+    overrides: dict[str, list[str]] = {}
+    for token in rest:
+        stage, _, flag = token.removeprefix("--").partition(".")
+        if not token.startswith("--") or not flag or "=" not in flag or (stage not in STAGES and stage != "all"):
+            parser.error(
+                f"unrecognised argument {token!r}: stage flags look like --<stage>.<key>=<value> with <stage> one "
+                f"of {', '.join(ORDER)} or 'all' (every Lightning stage), e.g. --cgnet.model.masking_depth=3"
+            )
+        targets = [s for s in ORDER if STAGES[s].command[0] in LIGHTNING_STAGES] if stage == "all" else [stage]
+        for target in targets:
+            overrides.setdefault(target, []).append(f"--{flag}")
+    return known, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config = PipelineConfig.load(args.config)
+    for key in ("name", "seed", "runs_root", "data_root"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    if args.name is None and overrides:  # a sweep point: its own run folder, stable for the same flags
+        config.name = f"{config.name}-{hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
+    pipeline = Pipeline(config, {s: o for s, o in overrides.items() if s in config.stages})
+    summary = pipeline.run(args.start, args.until, args.dry_run)
+    if not args.dry_run:
+        print("\n" + format_summary(summary))
+        print(f"\nsummary: {pipeline.run_dir / 'summary.json'}, report: {pipeline.run_dir / 'report.md'}")
+    return 0
