@@ -61,3 +61,22 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another top-level type is a CaefError naming
+    ``what`` (e.g. "sweep file") and the path, with ``hint`` saying where such files live."""
+    import yaml
+
+    from caef.errors import CaefError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CaefError(f"{what} not found: {path} ({hint})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CaefError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CaefError(f"{what} {path} must hold a mapping of keys, found {type(data).__name__}")
+    return data

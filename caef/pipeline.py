@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from caef.errors import CaefError
-from caef.io import update_json, write_json
+from caef.io import read_yaml_mapping, update_json, write_json
 
 LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
 
@@ -103,12 +103,7 @@ class PipelineConfig:
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
         path = Path(path)
-        if not path.is_file():
-            raise CaefError(f"pipeline config not found: {path} (see experiments/*.yaml)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise CaefError(f"pipeline config {path} is not valid YAML: {exc}") from exc
+        raw = read_yaml_mapping(path, "pipeline config", "see experiments/*.yaml")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -166,20 +161,27 @@ class Pipeline:
             args.append(f"--data.label_dir={run / 'pseudo'}")
         return args + settings["args"] + self.overrides.get(stage, [])
 
-    def fingerprint(self, stage: str, manifest: dict) -> str:
+    def _stage_digest(self, stage: str) -> Any:  # a hashlib object
+        """The stage's own settings: its argv with the run folder abstracted (the same in every run) and the bytes
+        of its config file."""
         settings = self.config.stages[stage]
-        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]  # same for every run
+        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]
         digest = hashlib.sha256(json.dumps(portable).encode())
         if settings["config"]:
             digest.update(Path(settings["config"]).read_bytes())
+        return digest
+
+    def fingerprint(self, stage: str, manifest: dict) -> str:
+        """The stage's settings plus its upstream stages' fingerprints: equal fingerprints, equal outputs."""
+        digest = self._stage_digest(stage)
         for need in STAGES[stage].needs:
             digest.update(manifest["stages"].get(need, {}).get("fingerprint", "missing").encode())
         return digest.hexdigest()[:16]
 
     def config_hash(self) -> str:
-        manifest = self._load_manifest()
-        parts = [self.fingerprint(s, manifest) if not STAGES[s].needs else "" for s in self.stages()]
-        return hashlib.sha256(json.dumps([parts, {s: self.argv(s) for s in self.stages()}]).encode()).hexdigest()[:16]
+        """One hash of every stage's settings: runs with equal hashes ran the same experiment."""
+        joined = "".join(self._stage_digest(stage).hexdigest() for stage in self.stages())
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
     def stages(self) -> list[str]:
         return [s for s in ORDER if s in self.config.stages]

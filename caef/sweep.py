@@ -20,23 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from caef.errors import CaefError
-from caef.io import atomic_path, write_json
+from caef.io import atomic_path, read_yaml_mapping, write_json
 
 #: metrics compared in the table (summary keys), in pipeline order
 METRICS = ("oc_cam_miou", "cgnet_cam_miou", "pseudo_label_miou", "deeplab_val_miou")
 
 
 def load_sweep(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CaefError(f"sweep file not found: {path} (see experiments/sweeps/)")
-    try:
-        sweep = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CaefError(f"sweep file {path} is not valid YAML: {exc}") from exc
+    sweep = read_yaml_mapping(path, "sweep file", "see experiments/sweeps/")
     for key in ("command", "parameters"):
         if key not in sweep:
             raise CaefError(f"sweep file {path} has no {key!r} (a W&B sweep file: program, command, parameters)")

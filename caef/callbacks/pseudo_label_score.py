@@ -14,11 +14,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from caef.cam_files import load_cams
 from caef.data.source import IGNORE_INDEX, read_mask
-from caef.errors import CaefError
 from caef.io import update_json
 from caef.stages.label_scoring import LabelScores, format_scores, score_label_maps, threshold_cam_file
 
@@ -57,8 +56,9 @@ class PseudoLabelScore(pl.Callback):
             return
         source = trainer.datamodule.source
         threshold = self._threshold() if self.cam_dir else None
+        cam_dir = self.cam_dir if threshold is not None else None
         self.scores = score_label_maps(
-            source, self.split, self.pseudo_dir, self.cam_dir, self.seed_dir, threshold, self.limit,
+            source, self.split, self.pseudo_dir, cam_dir, self.seed_dir, threshold, self.limit,
             progress=trainer.progress_bar_callback is not None,
         )  # fmt: skip
         summary = self.scores.summary()
@@ -71,17 +71,18 @@ class PseudoLabelScore(pl.Callback):
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, source, threshold)
 
-    def _threshold(self) -> float:
+    def _threshold(self) -> float | None:
+        """The CAMs' background threshold; without one the thresholded CAMs are not scored (a warning says so)."""
         if self.cam_threshold is not None:
             return float(self.cam_threshold)
         path = Path(self.summary_file) if self.summary_file else None
         value = json.loads(path.read_text()).get(self.cam_threshold_key) if path and path.is_file() else None
         if value is None:
-            raise CaefError(
-                f"PseudoLabelScore needs the CAMs' background threshold: set cam_threshold, or score the CGNet's "
-                f"CAMs first so that {path} holds {self.cam_threshold_key!r}"
+            rank_zero_warn(
+                f"PseudoLabelScore: no CAM threshold ({self.cam_threshold_key!r} is not in {path}); the thresholded "
+                "CAMs are not scored: set cam_threshold, or score the CGNet's CAMs first (caef cgnet fit/validate)"
             )
-        return float(value)
+        return None if value is None else float(value)
 
     def _log_wandb(self, logger: WandbLogger, source, threshold: float | None) -> None:
         import wandb

@@ -68,3 +68,38 @@ def test_a_label_map_of_the_wrong_size_names_the_folder(source, tmp_path):
     write_mask(tmp_path / "pseudo" / f"{image_id}.png", np.zeros((5, 7), np.uint8))
     with pytest.raises(DataError, match=r"pseudo_label map of .* is 7x5 but its ground truth"):
         score_label_maps(source, "train", pseudo_dir=tmp_path / "pseudo", limit=1, progress=False)
+
+
+def test_callback_merges_scores_into_the_summary_and_logs_the_worst_images(source, tmp_path, monkeypatch):
+    """PseudoLabelScore at predict end: summary keys, threshold read from the summary, a W&B table of the worst."""
+    import json
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from caef.callbacks import PseudoLabelScore
+    from caef.io import write_json
+
+    ids = source.split_ids("train")[:5]
+    _write_truth_copies(source, tmp_path, ids)
+    write_mask(tmp_path / "pseudo" / f"{ids[2]}.png", np.zeros_like(source.read_mask(ids[2], "train")))  # the worst
+    write_json(tmp_path / "summary.json", {"cgnet_cam_threshold": 0.5})
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    logged: list[dict] = []
+    monkeypatch.setattr(type(logger.experiment), "log", lambda self, data, *a, **k: logged.append(data), raising=False)
+    monkeypatch.setattr(logger, "log_metrics", lambda metrics, step=None: logged.append(metrics))
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(barrier=lambda: None), global_rank=0, datamodule=SimpleNamespace(source=source),
+        progress_bar_callback=None, loggers=[logger],
+    )  # fmt: skip
+    callback = PseudoLabelScore(
+        pseudo_dir=str(tmp_path / "pseudo"), cam_dir=str(tmp_path / "cams"), seed_dir=str(tmp_path / "seeds"),
+        summary_file=str(tmp_path / "summary.json"), worst_images=2, limit=5,
+    )  # fmt: skip
+    callback.on_predict_end(trainer, None)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["thresholded_cam_miou"] == 100.0 and summary["crf_seed_miou"] == 100.0
+    assert summary["pseudo_label_miou"] < 100.0 and summary["thresholded_cam_threshold"] == 0.5
+    table = next(entry["pseudo/worst_images"] for entry in logged if "pseudo/worst_images" in entry)
+    assert [row[0] for row in table.data] == [ids[2], callback.scores.per_image[1][0]]
+    assert any("pseudo/pseudo_label_miou" in entry for entry in logged)
