@@ -124,8 +124,24 @@ def test_wandb_defaults_to_offline_without_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     env: dict[str, str] = {}
     assert configure_wandb_mode(env) == "offline" and env["WANDB_MODE"] == "offline"
-    assert configure_wandb_mode({"WANDB_API_KEY": "x"}) == "online"
     assert configure_wandb_mode({"WANDB_MODE": "disabled"}) == "disabled"
+
+
+def test_wandb_with_a_key_is_online_only_when_its_server_answers(capsys):
+    """A key but no route to the server (closed port) must not stop a run: offline, with a one-line note."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        reachable = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert configure_wandb_mode({"WANDB_API_KEY": "x", "WANDB_BASE_URL": reachable}) == "online"
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {"WANDB_API_KEY": "x", "WANDB_BASE_URL": closed}
+    assert configure_wandb_mode(env) == "offline" and env["WANDB_MODE"] == "offline"
+    assert "unreachable" in capsys.readouterr().err
 
 
 def test_resolved_config_is_saved_in_the_stage_folder(tmp_path, tiny_synth, tiny_synth_config, monkeypatch):
