@@ -305,8 +305,6 @@ class Pipeline:
     def _clear_outputs(self, spec: StageSpec) -> None:
         """A fresh start: remove what an earlier run of this stage (other config or inputs) left behind."""
         paths = {self.run_dir / out.split("/")[0] if spec.trains else self.run_dir / out for out in spec.outputs}
-        if spec.name == "crf":
-            paths = {self.run_dir / "seeds"}
         for path in paths:
             if path.is_dir():
                 shutil.rmtree(path)

@@ -100,10 +100,8 @@ def _plot_iou(path: Path, summary: dict) -> bool:
 
 
 def _percent(value: float | None) -> float:
-    """Per-class IoUs are stored as fractions (CAM scores) or percentages (label scores, DeepLab)."""
-    if value is None:
-        return float("nan")
-    return value * 100 if value <= 1.0 else value
+    """Per-class IoUs are stored as fractions in the summary (every stage); the plot shows percentages."""
+    return float("nan") if value is None else value * 100
 
 
 def _colour(mask: np.ndarray) -> np.ndarray:

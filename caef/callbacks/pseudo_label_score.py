@@ -90,7 +90,7 @@ class PseudoLabelScore(pl.Callback):
         scores = self.scores
         metrics = {f"pseudo/{kind}_miou": value for kind, value in scores.miou.items()}
         for kind, iou in scores.iou.items():
-            metrics.update({f"pseudo/{kind}_iou/{name}": v / 100 for name, v in iou.items() if v is not None})
+            metrics.update({f"pseudo/{kind}_iou/{name}": v for name, v in iou.items() if v is not None})
         if scores.seed_coverage is not None:
             metrics["pseudo/crf_seed_coverage"] = scores.seed_coverage
         logger.log_metrics(metrics)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 from tqdm import tqdm
 
 from caef.cam_files import load_cams
@@ -57,6 +57,7 @@ class LabelScores:
     per_image: list[tuple[str, float]] = field(default_factory=list)  # (id, pseudo-label mIoU), worst first
 
     def summary(self) -> dict:
+        """mIoU in percent, per-class IoU as fractions: the units of the CAM and DeepLab scores."""
         out: dict = {}
         for kind, value in self.miou.items():
             out[f"{kind}_miou"] = round(value * 100, 2)
@@ -89,7 +90,7 @@ def score_label_maps(
     num_classes = source.num_classes
     dirs = {"pseudo_label": pseudo_dir, "thresholded_cam": cam_dir, "crf_seed": seed_dir}
     dirs = {kind: Path(d) for kind, d in dirs.items() if d is not None}
-    confusion = {kind: MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX) for kind in dirs}
+    confusion = {kind: torch.zeros(num_classes, num_classes, dtype=torch.long) for kind in dirs}
     images = dict.fromkeys(dirs, 0)
     decided = labelled = 0
     per_image: list[tuple[str, float]] = []
@@ -114,20 +115,21 @@ def score_label_maps(
                 labelled += int(valid.sum())
                 decided += int((valid & ~unsure).sum())
                 pred_t = pred_t.masked_fill(unsure, 0)
-            confusion[kind].update(pred_t.flatten(), kind_target.flatten())
+            image_confusion = multiclass_confusion_matrix(
+                pred_t.flatten(), kind_target.flatten(), num_classes, ignore_index=IGNORE_INDEX
+            )
+            confusion[kind] += image_confusion  # the dataset's matrix is the sum of the images'
             images[kind] += 1
             if kind == "pseudo_label":
-                single = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-                image_iou = mean_iou(iou_from_confusion(single(pred_t.flatten(), target.flatten())))
-                per_image.append((image_id, float(image_iou)))
+                per_image.append((image_id, float(mean_iou(iou_from_confusion(image_confusion)))))
     scores = LabelScores(class_names=list(source.class_names))
     for kind in dirs:
         if images[kind] == 0:
             continue
-        iou = iou_from_confusion(confusion[kind].compute())
+        iou = iou_from_confusion(confusion[kind])
         scores.miou[kind] = float(mean_iou(iou))
         scores.iou[kind] = {
-            name: None if np.isnan(v) else round(float(v) * 100, 2) for name, v in zip(source.class_names, iou.tolist())
+            name: None if np.isnan(v) else round(float(v), 6) for name, v in zip(source.class_names, iou.tolist())
         }
         scores.images[kind] = images[kind]
     if images.get("crf_seed"):
