@@ -322,6 +322,8 @@ class Pipeline:
         tags = [f"dataset:{self.config.dataset}", f"seed:{self.config.seed}", *self.config.tags]
         if facts.get("masking_depth") is not None:
             tags.append(f"masking_depth:{facts['masking_depth']}")
+        if facts.get("erasing") is False:
+            tags.append("no_erasing_control")
         tags += [f"{k}:{facts[k]}" for k in ("classifier_backbone", "cgnet_backbone") if facts.get(k)]
         return {"group": self.config.name, "tags": tags, "config": facts}
 
@@ -339,6 +341,10 @@ class Pipeline:
             depth = depth if depth is not None else _yaml_value(self.config.stages["cgnet"]["config"],
                                                                 ("model", "masking_depth"))  # fmt: skip
             facts["masking_depth"] = int(depth) if depth is not None else 0
+            erasing = _flag(self.argv("cgnet"), "model.erasing")
+            erasing = erasing if erasing is not None else _yaml_value(self.config.stages["cgnet"]["config"],
+                                                                      ("model", "erasing"))  # fmt: skip
+            facts["erasing"] = str(erasing).lower() != "false"  # false: the no-erasing control
         return facts
 
     def _finish(self, manifest: dict) -> dict:

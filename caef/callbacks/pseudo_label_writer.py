@@ -2,7 +2,9 @@
 
 Used with ``caef affinity predict``: the predict step returns stride-8 features of each (padded) image; this
 writer loads the image's CAM file, walks it (``caef.stages.random_walk.propagate``: background
-``(1 - max)^alpha``, affinities^beta, t = 2^logt) and writes ``<output_dir>/<image_id>.png`` atomically.
+``(1 - max)^alpha``, affinities^beta, t = 2^logt), optionally sharpens the result with a dense CRF on the image
+(``crf``: the walked scores, normalised per pixel, as the CRF's unary) and writes ``<output_dir>/<image_id>.png``
+atomically.
 Images whose label already exists are still recomputed only if ``overwrite`` is set.
 """
 
@@ -13,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from caef.cam_files import load_cams
 from caef.data.source import write_mask
 from caef.errors import CaefError
-from caef.stages.random_walk import propagate
+from caef.stages.crf import CRFSeedConfig, dense_crf
+from caef.stages.random_walk import walked_scores
 
 
 class PseudoLabelWriter(BasePredictionWriter):
@@ -28,6 +32,8 @@ class PseudoLabelWriter(BasePredictionWriter):
     output_dir: where the label PNGs go (the CLI defaults it to ``<run_dir>/pseudo``).
     alpha, beta, logt: PSA's random-walk settings (background power 16, affinity power 8, t = 2^8).
     radius: affinity radius on the stride-8 grid; None (default) takes the AffinityNet's own ``radius``.
+    crf: run a dense CRF after the walk (the reference's pairwise terms, as ``caef crf``); off by default, as in
+        PSA's ``infer_aff.py``.
     overwrite: recompute labels that already exist (default: keep them, so a rerun resumes).
     """
 
@@ -39,12 +45,14 @@ class PseudoLabelWriter(BasePredictionWriter):
         beta: float = 8.0,
         logt: int = 8,
         radius: int | None = None,
+        crf: bool = False,
         overwrite: bool = False,
     ):
         super().__init__(write_interval="batch")
         self.cam_dir = Path(cam_dir) if cam_dir else None
         self.output_dir = Path(output_dir) if output_dir else None
         self.alpha, self.beta, self.logt, self.radius, self.overwrite = alpha, beta, logt, radius, overwrite
+        self.crf = crf
         self.written = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -69,9 +77,14 @@ class PseudoLabelWriter(BasePredictionWriter):
             if out.is_file() and not self.overwrite:
                 continue
             cams, classes = load_cams(self.cam_dir / f"{image_id}.npz", num_classes, size=(height, width))
-            label = propagate(
-                torch.from_numpy(cams), torch.from_numpy(classes), features, self.alpha, self.beta, self.logt,
+            scores = walked_scores(
+                torch.from_numpy(cams), features, self.alpha, self.beta, self.logt,
                 radius=self.radius or pl_module.hparams.radius,
-            )  # fmt: skip
-            write_mask(out, label.cpu().numpy(), palette)
+            ).float().cpu().numpy()  # fmt: skip
+            if self.crf:
+                probs = np.clip(scores, 1e-8, None)
+                probs /= probs.sum(axis=0, keepdims=True)
+                scores = dense_crf(datamodule.source.read_image(image_id), probs, **CRFSeedConfig().crf_params())
+            lut = np.concatenate([[0], classes]).astype(np.uint8)
+            write_mask(out, lut[scores.argmax(axis=0)], palette)
             self.written += 1

@@ -158,6 +158,8 @@ class CGNetModule(CAMModule):
         masking_depth: d_m; 0 erases the image, d >= 1 the output of the OC's stage d.
         mask_normalization: ``batch`` (reference: one max per batch) or ``image``.
         erase_weight_init, erase_weight_slope: w(epoch) = init + slope * epoch.
+        erasing: ``false`` trains the same network without the erasing term (the OC is not even run): the
+            equal-budget control that separates the erasing's effect from that of the extra training.
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class CGNetModule(CAMModule):
         mask_normalization: MaskNormalization = "batch",
         erase_weight_init: float = 0.3,
         erase_weight_slope: float = 0.05,
+        erasing: bool = True,
         lr: float = 0.01,
         weight_decay: float = 5e-4,
         momentum: float = 5e-4,
@@ -211,12 +214,17 @@ class CGNetModule(CAMModule):
         return self
 
     def erase_weight(self) -> float:
+        if not self.hparams.erasing:
+            return 0.0
         return self.hparams.erase_weight_init + self.hparams.erase_weight_slope * self.current_epoch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, labels = self._input(batch["image"]), batch["label"]
         cams = self.net(images)
         cls_loss = F.binary_cross_entropy_with_logits(self.net.logits(cams).float(), labels)
+        if not self.hparams.erasing:
+            self.log("train/loss", cls_loss, prog_bar=True)
+            return cls_loss
 
         targets = sample_target_classes(labels)
         mask = erasing_mask(cams, targets, images.shape[-2:], self.mask_normalization).to(images.dtype)

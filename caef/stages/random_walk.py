@@ -93,6 +93,23 @@ def propagate(
     Background ``(1 - max_k cam)**alpha`` is added before zero padding, the maps are average-pooled to the grid,
     walked, upsampled bilinearly (``align_corners=False``) to the padded size, argmaxed and cropped.
     """
+    walked = walked_scores(cams, features, alpha, beta, logt, stride, radius, crop)
+    lut = torch.cat([classes.new_zeros(1), classes]).to(walked.device, torch.long)
+    return lut[walked.argmax(dim=0)]
+
+
+@torch.no_grad()
+def walked_scores(
+    cams: Tensor,
+    features: Tensor,
+    alpha: float = 16,
+    beta: float = 8,
+    logt: int = 8,
+    stride: int = 8,
+    radius: int = 5,
+    crop: bool = True,
+) -> Tensor:
+    """The ``(1 + K, H, W)`` walked scores (background first) whose argmax :func:`propagate` returns."""
     num, height, width = cams.shape
     grid = (-(-height // stride), -(-width // stride))
     if tuple(features.shape[-2:]) != grid:
@@ -105,6 +122,4 @@ def propagate(
     trans = transition_matrix(dense_affinity(features.float(), radius, crop), beta)
     walked = random_walk(cam_vec, trans, logt).reshape(1, num + 1, *grid)
     walked = F.interpolate(walked, size=full.shape[-2:], mode="bilinear", align_corners=False)
-    pred = walked[0].argmax(dim=0)[:height, :width]
-    lut = torch.cat([classes.new_zeros(1), classes]).to(pred.device, torch.long)
-    return lut[pred]
+    return walked[0, :, :height, :width]

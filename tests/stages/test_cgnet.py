@@ -90,6 +90,23 @@ def test_training_step_loss_and_oc_stays_frozen(tmp_path):
         assert torch.equal(v, oc_before[k]), k  # BN running stats untouched: eval mode
 
 
+def test_erasing_off_is_the_plain_classification_loss_without_running_the_oc(tmp_path):
+    torch.manual_seed(0)
+    module = make_cgnet(tmp_path, erasing=False)
+    module.train()
+    module.log = lambda *a, **k: None
+    module.ordinary_classifier.forward = lambda *a, **k: pytest.fail("the control must not run the OC")
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([[1.0, 0, 1], [0, 1, 0]])}
+    torch.manual_seed(1)  # same dropout draws for both forwards
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(1)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        module.net.logits(module.net(batch["image"])), batch["label"]
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert module.erase_weight() == 0.0
+
+
 @pytest.mark.parametrize("oc_backbone", ["resnet38", "resnet50", "vgg16"])
 def test_every_masking_depth_runs_for_every_backbone(tmp_path, oc_backbone):
     num_stages = build_backbone(oc_backbone, **SMALL[oc_backbone]).num_stages

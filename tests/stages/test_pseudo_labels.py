@@ -64,3 +64,40 @@ def test_seeds_affinity_and_pseudo_labels(tmp_path, tree):
     before = labels[0].read_bytes()
     assert main(["affinity", "predict", *common, f"--ckpt_path={ckpt}"]) == 0
     assert labels[0].read_bytes() == before
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_writer_labels_are_the_walk_or_its_crf(tmp_path, tree, crf):
+    """The writer's label is the random walk's argmax, or with ``crf`` the dense CRF of its per-pixel normalised
+    scores on the image (the same call as ``caef crf``)."""
+    from types import SimpleNamespace
+
+    from caef.callbacks.pseudo_label_writer import PseudoLabelWriter
+    from caef.stages.crf import dense_crf
+    from caef.stages.random_walk import propagate, walked_scores
+
+    source = VOCSource(tree)
+    cam_dir = tmp_path / "cams"
+    write_blurred_gt_cams(source, "train_aug", cam_dir)
+    image_id = source.split_ids("train_aug")[0]
+    size = CONFIG.size
+    features = torch.rand(8, -(-size // 8), -(-size // 8), generator=torch.Generator().manual_seed(0))
+    writer = PseudoLabelWriter(cam_dir=str(cam_dir), output_dir=str(tmp_path / "pseudo"), alpha=1, logt=4, crf=crf)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(num_classes=source.num_classes, source=source))
+    module = SimpleNamespace(hparams=SimpleNamespace(radius=5))
+    batch = {"image": torch.zeros(1, 3, size, size)}
+    writer.write_on_batch_end(trainer, module, {"id": [image_id], "features": [features]}, None, batch, 0, 0)
+    written = read_mask(tmp_path / "pseudo" / f"{image_id}.png", source.num_classes)
+
+    from caef.cam_files import load_cams
+
+    cams, classes = load_cams(cam_dir / f"{image_id}.npz", source.num_classes, size=(size, size))
+    cams, classes = torch.from_numpy(cams), torch.from_numpy(classes)
+    if not crf:
+        expected = propagate(cams, classes, features, alpha=1, logt=4).numpy()
+    else:
+        scores = walked_scores(cams, features, alpha=1, logt=4).numpy().clip(1e-8, None)
+        marginals = dense_crf(source.read_image(image_id), scores / scores.sum(axis=0, keepdims=True))
+        expected = np.concatenate([[0], classes.numpy()])[marginals.argmax(axis=0)]
+    np.testing.assert_array_equal(written, expected)
+    assert set(np.unique(written).tolist()) <= {0} | {int(c) for c in classes}
