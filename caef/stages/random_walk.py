@@ -8,6 +8,8 @@ degree-weighted sum ``cam @ d`` is invariant, the plain sum over nodes is not).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -75,25 +77,10 @@ def random_walk_batch(cam_vecs: Tensor, trans: Tensor, logt: int = 8) -> Tensor:
 
 
 @torch.no_grad()
-def propagate(
-    cams: Tensor,
-    classes: Tensor,
-    features: Tensor,
-    alpha: float = 16,
-    beta: float = 8,
-    logt: int = 8,
-    stride: int = 8,
-    radius: int = 5,
-    crop: bool = True,
-) -> Tensor:
-    """Random-walk label map ``(H, W)`` (class ids, 0 = background) of one image, as PSA's ``infer_aff.py``.
-
-    ``cams (K, H, W)``: full-resolution normalised CAMs of classes ``classes (K,)`` (the CAM file format);
-    ``features (C, h, w)``: AffinityNet features of the image zero-padded to a multiple of ``stride``.
-    Background ``(1 - max_k cam)**alpha`` is added before zero padding, the maps are average-pooled to the grid,
-    walked, upsampled bilinearly (``align_corners=False``) to the padded size, argmaxed and cropped.
-    """
-    walked = walked_scores(cams, features, alpha, beta, logt, stride, radius, crop)
+def propagate(cams: Tensor, classes: Tensor, features: Tensor, **walk: Any) -> Tensor:
+    """Random-walk label map ``(H, W)`` (class ids, 0 = background) of one image, as PSA's ``infer_aff.py``: the
+    argmax of :func:`walked_scores` (``walk``: its keyword arguments) mapped to the ids in ``classes (K,)``."""
+    walked = walked_scores(cams, features, **walk)
     lut = torch.cat([classes.new_zeros(1), classes]).to(walked.device, torch.long)
     return lut[walked.argmax(dim=0)]
 
@@ -109,7 +96,13 @@ def walked_scores(
     radius: int = 5,
     crop: bool = True,
 ) -> Tensor:
-    """The ``(1 + K, H, W)`` walked scores (background first) whose argmax :func:`propagate` returns."""
+    """The ``(1 + K, H, W)`` walked scores of one image, background first.
+
+    ``cams (K, H, W)``: full-resolution normalised CAMs (the CAM file format); ``features (C, h, w)``: AffinityNet
+    features of the image zero-padded to a multiple of ``stride``. Background ``(1 - max_k cam)**alpha`` is added
+    before zero padding, the maps are average-pooled to the grid, walked (affinities**beta, t = 2**logt),
+    upsampled bilinearly (``align_corners=False``) to the padded size and cropped.
+    """
     num, height, width = cams.shape
     grid = (-(-height // stride), -(-width // stride))
     if tuple(features.shape[-2:]) != grid:
