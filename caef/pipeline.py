@@ -328,24 +328,23 @@ class Pipeline:
         return {"group": self.config.name, "tags": tags, "config": facts}
 
     def _facts(self) -> dict:
-        """Seed, dataset, backbones and masking depth as the stage flags set them (read back from checkpoints
-        when they exist, so the summary states what actually ran)."""
+        """Seed, dataset, backbones, masking depth and erasing as the stage flags (or else the stage configs) set
+        them, so the summary states what actually ran."""
         facts: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed, "dataset": self.config.dataset}
         for stage, key in (("classifier", "classifier_backbone"), ("cgnet", "cgnet_backbone")):
             if stage in self.config.stages:
-                facts[key] = _flag(self.argv(stage), "model.backbone") or _yaml_value(
-                    self.config.stages[stage]["config"], ("model", "backbone")
-                )
+                facts[key] = self._model_setting(stage, "backbone")
         if "cgnet" in self.config.stages:
-            depth = _flag(self.argv("cgnet"), "model.masking_depth")
-            depth = depth if depth is not None else _yaml_value(self.config.stages["cgnet"]["config"],
-                                                                ("model", "masking_depth"))  # fmt: skip
+            depth = self._model_setting("cgnet", "masking_depth")
             facts["masking_depth"] = int(depth) if depth is not None else 0
-            erasing = _flag(self.argv("cgnet"), "model.erasing")
-            erasing = erasing if erasing is not None else _yaml_value(self.config.stages["cgnet"]["config"],
-                                                                      ("model", "erasing"))  # fmt: skip
+            erasing = self._model_setting("cgnet", "erasing")
             facts["erasing"] = str(erasing).lower() != "false"  # false: the no-erasing control
         return facts
+
+    def _model_setting(self, stage: str, key: str) -> Any:
+        """``model.<key>`` of a stage: its last ``--model.<key>=`` flag, else its config file's value (or None)."""
+        value = _flag(self.argv(stage), f"model.{key}")
+        return value if value is not None else _yaml_value(self.config.stages[stage].get("config"), ("model", key))
 
     def _finish(self, manifest: dict) -> dict:
         times = {s: manifest["stages"][s].get("seconds") for s in ORDER if s in manifest["stages"]}
