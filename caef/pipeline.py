@@ -8,7 +8,9 @@ argv and upstream fingerprints, its status and time. On a rerun a ``done`` stage
 whose outputs exist is skipped; a ``running`` stage (the process died) resumes -- training from its
 ``last.ckpt``, offline stages from the files not yet written (writers skip existing, atomically written files);
 a stage whose fingerprint changed starts clean (its old outputs are removed). ``--from``/``--until`` select a
-slice; a stage outside it must already be done for the stages after it to run.
+slice; a stage outside it must already be done for the stages after it to run. The stages themselves are declared
+in ``caef/stage_graph.py``; a stage that another run under the same ``runs_root`` finished with the same fingerprint
+is copied from it (``caef/stage_cache.py``).
 
 The stages write their metrics into ``summary.json`` (CAM scores, pseudo-label scores, DeepLab val mIoU); the
 pipeline adds the seed, backbones, masking depth, per-stage times and a config hash, and prints a table.
@@ -20,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,46 +35,22 @@ import yaml
 
 from caef.errors import CaefError
 from caef.io import read_yaml_mapping, update_json, write_json
+from caef.stage_cache import StageCache
+from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
 
-LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One pipeline step: which ``caef`` command it runs, what it needs, what it leaves behind."""
-
-    name: str
-    command: tuple[str, ...]  # e.g. ("cgnet", "predict")
-    needs: tuple[str, ...]
-    outputs: tuple[str, ...]  # paths under the run dir that must exist once it is done
-    checkpoint: str | None = None  # train stages: <run_dir>/<checkpoint> to resume from
-    help: str = ""
-
-    @property
-    def trains(self) -> bool:
-        return self.command[-1] == "fit"
-
-
-STAGES: dict[str, StageSpec] = {
-    s.name: s
-    for s in (
-        StageSpec("classifier", ("classifier", "fit"), (), ("classifier/last.ckpt",), "classifier/last.ckpt",
-                  "ordinary classifier"),
-        StageSpec("cgnet", ("cgnet", "fit"), ("classifier",), ("cgnet/last.ckpt",), "cgnet/last.ckpt",
-                  "CGNet (adversarial erasing against the frozen classifier)"),
-        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), ("cams/cgnet",), None, "CGNet CAM export"),
-        StageSpec("crf", ("crf",), ("cams",), ("seeds/low", "seeds/high"), None, "dense-CRF seeds"),
-        StageSpec("affinity", ("affinity", "fit"), ("cgnet", "crf"), ("affinity/last.ckpt",), "affinity/last.ckpt",
-                  "AffinityNet"),
-        StageSpec("pseudo", ("affinity", "predict"), ("affinity", "cams", "crf"), ("pseudo",), None,
-                  "random walk -> pseudo labels (scored)"),
-        StageSpec("deeplab", ("deeplab", "fit"), ("pseudo",), ("deeplab/last.ckpt",), "deeplab/last.ckpt",
-                  "DeepLab on pseudo labels"),
-        StageSpec("fully_supervised", ("deeplab", "fit"), (), ("fully_supervised/last.ckpt",),
-                  "fully_supervised/last.ckpt", "DeepLab on ground truth (upper bound)"),
-    )
-}  # fmt: skip
-ORDER = tuple(STAGES)
+# the stage graph is re-exported: ``from caef.pipeline import STAGES, ORDER, ...`` keeps working
+__all__ = [
+    "LIGHTNING_STAGES",
+    "ORDER",
+    "STAGES",
+    "TABLE_ROWS",
+    "Pipeline",
+    "PipelineConfig",
+    "StageSpec",
+    "format_summary",
+    "main",
+    "parse_args",
+]
 
 #: summary rows of the final table: (label, metric key, threshold key or None)
 TABLE_ROWS = (
@@ -135,6 +112,7 @@ class Pipeline:
         self.python = python or sys.executable
         self.run_dir = Path(config.runs_root) / config.name
         self.manifest_path = self.run_dir / "manifest.json"
+        self.cache = StageCache(config.runs_root)
 
     # -- what each stage runs --------------------------------------------------------------------------------------
     def argv(self, stage: str) -> list[str]:
@@ -209,7 +187,7 @@ class Pipeline:
         fingerprint = self.fingerprint(stage, manifest)
         entry = manifest["stages"].get(stage, {})
         same = entry.get("fingerprint") == fingerprint
-        if same and entry.get("status") == "done" and self._outputs_exist(spec):
+        if same and entry.get("status") == "done" and spec.outputs_exist(self.run_dir):
             print(f"[caef pipeline] {stage}: done, unchanged -- skipped", flush=True)
             return
         if not (same and entry.get("status") == "running") and self._reuse_cached(stage, fingerprint, manifest):
@@ -219,7 +197,7 @@ class Pipeline:
         if resume and spec.checkpoint and (self.run_dir / spec.checkpoint).is_file():
             argv.append(f"--ckpt_path={self.run_dir / spec.checkpoint}")
         elif not resume:
-            self._clear_outputs(spec)
+            spec.clear_outputs(self.run_dir)
         cmd = [self.python, "-m", "caef.cli", *argv]
         print(f"\n[caef pipeline] {stage} ({spec.help}){' -- resuming' if resume else ''}\n  caef {' '.join(argv)}",
               flush=True)  # fmt: skip
@@ -243,53 +221,22 @@ class Pipeline:
                 f"stage {stage!r} failed (exit code {result.returncode}); fix the cause and rerun the same command: "
                 f"finished stages are kept and {stage!r} resumes"
             )
-        if not self._outputs_exist(spec):
+        if not spec.outputs_exist(self.run_dir):
             raise CaefError(f"stage {stage!r} finished but left no {', '.join(spec.outputs)} under {self.run_dir}")
         after = self._summary()
         delta = {k: v for k, v in after.items() if before.get(k) != v}
         manifest["stages"][stage].update(status="done", finished=_now(), summary=delta)
         self._save_manifest(manifest)
-        cache = self._load_cache()
-        cache[fingerprint] = self.config.name
-        write_json(self._cache_path(), cache)
-
-    # -- stage cache: a stage with the same fingerprint finished in another run (a sweep's shared classifier) ------
-    def _cache_path(self) -> Path:
-        return Path(self.config.runs_root) / "stage_cache.json"
-
-    def _load_cache(self) -> dict[str, str]:
-        try:
-            return json.loads(self._cache_path().read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
+        self.cache.record(fingerprint, self.config.name)
 
     def _reuse_cached(self, stage: str, fingerprint: str, manifest: dict) -> bool:
-        """Copy a finished stage's outputs (and its summary entries) from another run with the same fingerprint."""
-        other_name = self._load_cache().get(fingerprint)
-        if not other_name or other_name == self.config.name:
+        """A stage with the same fingerprint finished in another run (a sweep's shared classifier): copy it."""
+        entry = self.cache.copy(stage, fingerprint, self.config.name)
+        if entry is None:
             return False
-        other = Path(self.config.runs_root) / other_name
-        try:
-            entry = json.loads((other / "manifest.json").read_text())["stages"][stage]
-        except (OSError, KeyError, json.JSONDecodeError):
-            return False
-        spec = STAGES[stage]
-        if entry.get("fingerprint") != fingerprint or entry.get("status") != "done":
-            return False
-        if not all((other / out).exists() for out in spec.outputs):
-            return False
-        self._clear_outputs(spec)
-        for top in sorted({out.split("/")[0] for out in spec.outputs}):
-            src, dst = other / top, self.run_dir / top
-            if src.is_dir():
-                shutil.copytree(src, dst, dirs_exist_ok=True)
-            else:
-                shutil.copy2(src, dst)
-        if entry.get("summary"):
-            update_json(self.run_dir / "summary.json", entry["summary"])
-        manifest["stages"][stage] = entry | {"cached_from": str(other), "seconds": 0.0}
+        manifest["stages"][stage] = entry
         self._save_manifest(manifest)
-        print(f"[caef pipeline] {stage}: same inputs and config as in {other} -- copied", flush=True)
+        print(f"[caef pipeline] {stage}: same inputs and config as in {entry['cached_from']} -- copied", flush=True)
         return True
 
     def _summary(self) -> dict:
@@ -298,18 +245,6 @@ class Pipeline:
             return json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:
             return {}
-
-    def _outputs_exist(self, spec: StageSpec) -> bool:
-        return all((self.run_dir / out).exists() for out in spec.outputs)
-
-    def _clear_outputs(self, spec: StageSpec) -> None:
-        """A fresh start: remove what an earlier run of this stage (other config or inputs) left behind."""
-        paths = {self.run_dir / out.split("/")[0] if spec.trains else self.run_dir / out for out in spec.outputs}
-        for path in paths:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
 
     def _check_data(self) -> None:
         root = self.config.data_root
