@@ -1,7 +1,7 @@
 """Pseudo labels from AffinityNet features: the random walk over each image's saved CAMs, written as PNGs.
 
 Used with ``caef affinity predict``: the predict step returns stride-8 features of each (padded) image; this
-writer loads the image's CAM file, walks it (``caef.stages.random_walk.propagate``: background
+writer loads the image's CAM file, walks it (``caef.stages.random_walk.walked_scores``: background
 ``(1 - max)^alpha``, affinities^beta, t = 2^logt), optionally sharpens the result with a dense CRF on the image
 (``crf``: the walked scores, normalised per pixel, as the CRF's unary) and writes ``<output_dir>/<image_id>.png``
 atomically.
@@ -23,7 +23,7 @@ from caef.cam_files import load_cams
 from caef.data.source import write_mask
 from caef.errors import CaefError
 from caef.stages.crf import CRFSeedConfig, dense_crf
-from caef.stages.random_walk import walked_scores
+from caef.stages.random_walk import labels_from_scores, walked_scores
 
 
 class PseudoLabelWriter(BasePredictionWriter):
@@ -53,6 +53,7 @@ class PseudoLabelWriter(BasePredictionWriter):
         self.output_dir = Path(output_dir) if output_dir else None
         self.alpha, self.beta, self.logt, self.radius, self.overwrite = alpha, beta, logt, radius, overwrite
         self.crf = crf
+        self.crf_params = CRFSeedConfig().crf_params()  # the reference's pairwise terms, as `caef crf`
         self.written = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -80,11 +81,11 @@ class PseudoLabelWriter(BasePredictionWriter):
             scores = walked_scores(
                 torch.from_numpy(cams), features, self.alpha, self.beta, self.logt,
                 radius=self.radius or pl_module.hparams.radius,
-            ).float().cpu().numpy()  # fmt: skip
+            ).float().cpu()  # fmt: skip
             if self.crf:
-                probs = np.clip(scores, 1e-8, None)
+                probs = np.clip(scores.numpy(), 1e-8, None)
                 probs /= probs.sum(axis=0, keepdims=True)
-                scores = dense_crf(datamodule.source.read_image(image_id), probs, **CRFSeedConfig().crf_params())
-            lut = np.concatenate([[0], classes]).astype(np.uint8)
-            write_mask(out, lut[scores.argmax(axis=0)], palette)
+                image = datamodule.source.read_image(image_id)
+                scores = torch.from_numpy(dense_crf(image, probs, **self.crf_params))
+            write_mask(out, labels_from_scores(scores, torch.from_numpy(classes)).numpy(), palette)
             self.written += 1

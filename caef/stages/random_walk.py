@@ -80,9 +80,14 @@ def random_walk_batch(cam_vecs: Tensor, trans: Tensor, logt: int = 8) -> Tensor:
 def propagate(cams: Tensor, classes: Tensor, features: Tensor, **walk: Any) -> Tensor:
     """Random-walk label map ``(H, W)`` (class ids, 0 = background) of one image, as PSA's ``infer_aff.py``: the
     argmax of :func:`walked_scores` (``walk``: its keyword arguments) mapped to the ids in ``classes (K,)``."""
-    walked = walked_scores(cams, features, **walk)
-    lut = torch.cat([classes.new_zeros(1), classes]).to(walked.device, torch.long)
-    return lut[walked.argmax(dim=0)]
+    return labels_from_scores(walked_scores(cams, features, **walk), classes)
+
+
+def labels_from_scores(scores: Tensor, classes: Tensor) -> Tensor:
+    """Label map ``(H, W)`` of class ids from ``(1 + K, H, W)`` scores, background first: the argmax, mapped to 0
+    and the ids in ``classes (K,)``."""
+    lut = torch.cat([classes.new_zeros(1), classes]).to(scores.device, torch.long)
+    return lut[scores.argmax(dim=0)]
 
 
 @torch.no_grad()
