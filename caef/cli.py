@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return data_main(rest)
         if command == "pipeline":
             configure_wandb_mode()
-            from caef.pipeline import main as pipeline_main
+            from caef.pipeline_cli import main as pipeline_main
 
             return pipeline_main(rest)
         if command == "sweep":

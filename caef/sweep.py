@@ -85,7 +85,8 @@ def point_name(sweep_name: str, point: dict[str, Any]) -> str:
 def run_local(
     path: str | Path, base: str | None, extra: Sequence[str], runs_root: str, jobs: int = 1, dry_run: bool = False
 ) -> list[dict]:
-    from caef.pipeline import Pipeline, PipelineConfig, parse_args
+    from caef.pipeline import Pipeline, PipelineConfig
+    from caef.pipeline_cli import parse_args
 
     sweep = load_sweep(path)
     sweep_name = sweep.get("name") or Path(path).stem

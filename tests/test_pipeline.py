@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from caef.pipeline import ORDER, STAGES, Pipeline, PipelineConfig, format_summary, parse_args
-from caef.pipeline import main as pipeline_main
+from caef.pipeline import ORDER, STAGES, Pipeline, PipelineConfig
+from caef.pipeline_cli import format_summary, parse_args
+from caef.pipeline_cli import main as pipeline_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
