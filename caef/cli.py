@@ -106,6 +106,8 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             config = self.config[self.subcommand] if self.subcommand else self.config
             check_writable_dir(config.run_dir, "--run_dir", create=False)  # before anything, creating nothing
             fill_run_layout(config, config.get("stage_dir") or stage)
+            if self.subcommand == "fit" and (note := validate_last_epoch(config.trainer)):
+                warnings.warn(note, stacklevel=1)
 
         def _parse_ckpt_path(self) -> None:
             """An unreadable --ckpt_path is a one-line error naming the file, not a traceback."""
@@ -242,6 +244,22 @@ def fill_run_layout(config: Any, stage: str) -> None:
         config.data.seed_dir = str(run_dir / "seeds")
     if "ordinary_classifier" in config.model and not config.model.ordinary_classifier:
         config.model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
+
+
+def validate_last_epoch(trainer: Any) -> str | None:
+    """Make the final epoch a validation epoch: the scores in ``summary.json`` must be those of the weights the
+    next stage uses. Lightning validates only when ``check_val_every_n_epoch`` divides the epoch number, so
+    ``--trainer.max_epochs=6`` under a config's ``check_val_every_n_epoch: 12`` would score nothing. Where it
+    does not divide ``max_epochs``, it becomes the largest divisor of ``max_epochs`` not above it (a sweep may
+    set ``max_epochs`` alone); returns the note saying so, or None when nothing changed."""
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if not isinstance(every, int) or not isinstance(epochs, int) or every < 1 or epochs < 1 or epochs % every == 0:
+        return None
+    trainer.check_val_every_n_epoch = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
+    return (
+        f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}, so the last epoch "
+        f"would not be scored; using check_val_every_n_epoch={trainer.check_val_every_n_epoch}"
+    )
 
 
 # -- data commands ---------------------------------------------------------------------------------

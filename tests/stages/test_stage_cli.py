@@ -152,3 +152,33 @@ def test_resolved_config_is_saved_in_the_stage_folder(tmp_path, tiny_synth, tiny
     saved = (run_dir / "classifier" / "config.yaml").read_text()
     assert "backbone: resnet38" in saved and f"run_dir: {run_dir}" in saved
     assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "every, epochs, expected",
+    [(12, 6, 6), (12, 15, 5), (4, 15, 3), (6, 6, None), (3, 12, None), (1, 7, None), (None, 7, None)],
+)
+def test_validation_is_moved_onto_the_last_epoch(every, epochs, expected):
+    from jsonargparse import Namespace
+
+    from caef.cli import validate_last_epoch
+
+    trainer = Namespace(check_val_every_n_epoch=every, max_epochs=epochs)
+    note = validate_last_epoch(trainer)
+    if expected is None:
+        assert note is None and trainer.check_val_every_n_epoch == every
+    else:
+        assert trainer.check_val_every_n_epoch == expected and epochs % expected == 0
+        assert f"check_val_every_n_epoch={every}" in note and f"max_epochs={epochs}" in note
+
+
+def test_fewer_epochs_than_the_validation_interval_still_scores_the_cams(tmp_path, tiny_synth, tiny_synth_config):
+    """classifier/demo.yaml validates every 6 epochs; a 2-epoch run must still score its final weights."""
+    run_dir = tmp_path / "run"
+    args = [a for a in tiny_overrides(tiny_synth, tiny_synth_config) if "check_val_every_n_epoch" not in a]
+    args = [a if a != "--trainer.max_epochs=1" else "--trainer.max_epochs=2" for a in args]
+    with pytest.warns(UserWarning, match="using check_val_every_n_epoch=2"):
+        code = main(["classifier", "fit", "--config", str(EXPERIMENTS / "classifier/demo.yaml"),
+                     f"--run_dir={run_dir}", *args])  # fmt: skip
+    assert code == 0
+    assert "oc_cam_miou" in json.loads((run_dir / "summary.json").read_text())
