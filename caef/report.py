@@ -39,6 +39,21 @@ METRIC_ROWS = (
 )
 
 
+def _class_ap_table(summary: dict) -> list[str]:
+    """Per-class classification AP of the CAM networks on the scoring split: a class a network has not learned
+    (AP near its frequency) has a CAM of noise, whatever its IoU looks like."""
+    columns = [(key, label) for key, label in (("oc_cls_ap", "OC AP"), ("cgnet_cls_ap", "CGNet AP")) if key in summary]
+    if not columns:
+        return []
+    names = list(summary[columns[0][0]])
+    lines = ["", "## Classification AP (scoring split)", ""]
+    lines += ["| class | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        values = [summary[key].get(name) for key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    return lines
+
+
 def write_report(run_dir: str | Path, source: SegmentationSource, num_images: int = 4) -> Path:
     """Write ``report.md`` and its PNGs into ``run_dir``; returns the report's path."""
     import matplotlib
@@ -54,6 +69,7 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
     times = summary.get("stage_seconds") or {}
     if times:
         lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {s} | {t} |" for s, t in times.items() if t]
+    lines += _class_ap_table(summary)
     if _plot_iou(run_dir / "iou_per_class.png", summary):
         lines += ["", "## Per-class IoU", "", "![per-class IoU](iou_per_class.png)"]
     threshold = summary.get("cgnet_cam_threshold")

@@ -116,6 +116,10 @@ def test_cgnet_ddp_fit_then_two_process_validation_equals_one_process(tmp_path, 
     assert_same_scores(two_processes, one_process)
     assert_same_scores(during_fit, one_process)
     assert 0 <= one_process[0] <= 100
+    # classification AP gathers every rank's scores: the same as one process's, class by class
+    ap_one, ap_two = (json.loads((tmp_path / r / "summary.json").read_text())["cgnet_cls_ap"] for r in ("one", "two"))
+    assert ap_one.keys() == ap_two.keys() and all(v is not None for v in ap_one.values())
+    assert all(abs(ap_one[k] - ap_two[k]) <= 1e-6 for k in ap_one), (ap_one, ap_two)
 
 
 @pytest.mark.slow

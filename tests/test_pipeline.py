@@ -61,6 +61,9 @@ def test_pipeline_runs_every_stage_and_summarises_them(tiny_run, capsys):
     assert (run_dir / "fully_supervised" / "last.ckpt").is_file() and (run_dir / "deeplab" / "last.ckpt").is_file()
     report = (run_dir / "report.md").read_text()
     assert "Per-class IoU" in report and "Scoring images" in report and "Validation images" in report
+    assert "| class | OC AP | CGNet AP |" in report
+    for name, ap in summary["cgnet_cls_ap"].items():
+        assert f"| {name} | {100 * summary['oc_cls_ap'][name]:.1f} | {100 * ap:.1f} |" in report
     for png in ("iou_per_class.png", "overlays_train.png", "overlays_val.png"):
         assert (run_dir / png).stat().st_size > 1000, png
     table = format_summary(summary)

@@ -1,20 +1,26 @@
-"""CAM mIoU on the scoring split, for every background threshold at once (best one reported).
+"""CAM mIoU on the scoring split, for every background threshold at once (best one reported), and the network's
+per-class classification AP on the same images.
 
-Consumes the ``cams``/``mask`` that the CAM modules' validation and test steps return; logs
-``<prefix>/cam_miou``, ``<prefix>/cam_threshold`` and per-class IoU, and (optionally) merges the latest
-result into a run's ``summary.json`` under ``<summary_key>_cam_miou`` / ``_cam_threshold`` / ``_cam_iou``.
+Consumes the ``cams``/``mask`` (and ``logits``/``label``) that the CAM modules' validation and test steps return;
+logs ``<prefix>/cam_miou``, ``<prefix>/cam_threshold``, per-class IoU, ``<prefix>/cls_map`` and per-class
+``<prefix>/cls_ap/<class>``, and (optionally) merges the latest result into a run's ``summary.json`` under
+``<summary_key>_cam_miou`` / ``_cam_threshold`` / ``_cam_iou`` / ``_cls_map`` / ``_cls_ap``. The AP tells a
+class the network has not learned (AP near the class's frequency: its max-normalised CAM is noise) from one
+whose CAM is merely partial, which the IoU alone cannot.
 Under DDP each rank scores its own images and the confusion matrices are summed over the ranks before the
 IoU is computed, so the result equals a single-process evaluation; only rank 0 writes the summary.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.classification import MultilabelAveragePrecision
 
 from caef.io import update_json
 from caef.metrics import ThresholdSweepConfusion, default_thresholds
@@ -37,18 +43,24 @@ class CAMScore(pl.Callback):
         self.thresholds = thresholds
         self.summary_file, self.summary_key = summary_file, summary_key
         self.metric: ThresholdSweepConfusion | None = None
+        self.ap: MultilabelAveragePrecision | None = None
         self.last_result: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         num_classes = pl_module.hparams.num_classes
         thresholds = default_thresholds() if self.thresholds is None else self.thresholds
         self.metric = ThresholdSweepConfusion(num_classes, thresholds).to(pl_module.device)
+        # average=None: one AP per foreground class; thresholds=None keeps the exact scores (a scoring split's worth)
+        self.ap = MultilabelAveragePrecision(num_labels=num_classes - 1, average=None).to(pl_module.device)
 
     def _update(self, pl_module: pl.LightningModule, outputs: dict[str, Any]) -> None:
         if "mask" not in outputs:
             return
         self.metric = self.metric.to(pl_module.device)
         self.metric.update(outputs["cams"], outputs["mask"])
+        if "logits" in outputs:
+            self.ap = self.ap.to(pl_module.device)
+            self.ap.update(outputs["logits"].float(), outputs["label"].round().int())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update(pl_module, outputs)
@@ -61,6 +73,7 @@ class CAMScore(pl.Callback):
             self._finish(trainer, pl_module, "val")
         else:
             self.metric.reset()
+            self.ap.reset()
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
@@ -72,6 +85,7 @@ class CAMScore(pl.Callback):
         # get here): each rank scored its own images, none twice (see WSSSDataModule._inference_loader)
         result = self.metric.compute()
         self.metric.reset()
+        ap = self._class_ap(trainer)
         if torch.isnan(result["best_miou"]):
             return  # nothing scored on any rank
         names = _class_names(trainer, self.metric.num_classes)
@@ -79,6 +93,9 @@ class CAMScore(pl.Callback):
         iou = result["iou"][int(result["best_index"])]
         metrics = {f"{prefix}/cam_miou": best_miou, f"{prefix}/cam_threshold": best_threshold}
         metrics.update({f"{prefix}/cam_iou/{name}": float(v) for name, v in zip(names, iou) if not torch.isnan(v)})
+        if ap is not None:
+            metrics[f"{prefix}/cls_map"] = float(ap.nanmean())
+            metrics.update({f"{prefix}/cls_ap/{name}": float(v) for name, v in zip(names[1:], ap) if not v.isnan()})
         # every rank holds the same (already global) values: "max" syncs them exactly, and quiets Lightning's
         # advice to sync epoch-level values; the loggers write from rank 0 only
         pl_module.log_dict(metrics, sync_dist=trainer.world_size > 1, reduce_fx="max")
@@ -88,21 +105,41 @@ class CAMScore(pl.Callback):
             "iou": {name: (None if torch.isnan(v) else round(float(v), 6)) for name, v in zip(names, iou)},
             "epoch": trainer.current_epoch,
         }
+        if ap is not None:
+            self.last_result["cls_map"] = float(ap.nanmean())
+            self.last_result["cls_ap"] = {
+                name: (None if v.isnan() else round(float(v), 6)) for name, v in zip(names[1:], ap)
+            }
         self._write_summary()
+
+    def _class_ap(self, trainer: pl.Trainer) -> torch.Tensor | None:
+        """Per-class AP over all ranks (NaN for a class without a positive image, which torchmetrics scores 0), or
+        None where the module returned no logits (the same on every rank: every rank runs the same module)."""
+        if not self.ap.update_count:
+            return None
+        targets = self.ap.target if isinstance(self.ap.target, list) else [self.ap.target]
+        positives = sum((t == 1).sum(0) for t in targets)
+        positives = trainer.strategy.reduce(positives, reduce_op="sum")  # collective: every rank gets here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*No positive samples.*")
+            ap = self.ap.compute().float().reshape(-1)
+        self.ap.reset()
+        return torch.where(positives > 0, ap, torch.nan)
 
     @rank_zero_only
     def _write_summary(self) -> None:
         if self.summary_file is None or self.last_result is None:
             return
-        key = self.summary_key
-        update_json(
-            self.summary_file,
-            {
-                f"{key}_cam_miou": round(self.last_result["miou"] * 100, 2),
-                f"{key}_cam_threshold": round(self.last_result["threshold"], 2),
-                f"{key}_cam_iou": self.last_result["iou"],
-            },
-        )
+        key, result = self.summary_key, self.last_result
+        entries = {
+            f"{key}_cam_miou": round(result["miou"] * 100, 2),
+            f"{key}_cam_threshold": round(result["threshold"], 2),
+            f"{key}_cam_iou": result["iou"],
+        }
+        if "cls_ap" in result:
+            entries[f"{key}_cls_map"] = round(result["cls_map"] * 100, 2)
+            entries[f"{key}_cls_ap"] = result["cls_ap"]
+        update_json(self.summary_file, entries)
 
 
 def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:

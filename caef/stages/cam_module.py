@@ -72,7 +72,10 @@ class CAMModule(pl.LightningModule):
         return multiscale_cams(self.cams_of, batch["image"], batch["label"], self.msf_scales, self.msf_flip)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {**batch, "cams": self.infer_cams(batch)}
+        """Multi-scale CAMs (scored against the masks) and the single-scale image logits (scored as a classifier:
+        a class the network has not learned shows there, not in the IoU)."""
+        logits = self.net.logits(self.cams_of(batch["image"]))
+        return {**batch, "cams": self.infer_cams(batch), "logits": logits}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self.validation_step(batch, batch_idx)

@@ -42,8 +42,43 @@ def test_score_and_summary_from_a_validation_run(tmp_path, tiny_synth, tiny_synt
     )
     assert 0.05 <= data["oc_cam_threshold"] <= 0.60
     assert set(data["oc_cam_iou"]) == {"background", "stripes_0", "dots_0", "zigzag_0"}
+    assert set(data["oc_cls_ap"]) == {"stripes_0", "dots_0", "zigzag_0"} and 0 <= data["oc_cls_map"] <= 100
     logged = trainer.callback_metrics
     assert "val/cam_miou" in logged and "val/cam_iou/background" in logged
+    assert "val/cls_map" in logged and "val/cls_ap/dots_0" in logged
+
+
+class _KnownLogits(ClassifierModule):
+    """Logits with a known AP per class: class 0 ranks its images perfectly, class 1 not at all (a constant, as a
+    class the network has not learned), class 2 is removed from the labels (absent from the split)."""
+
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        label = out["label"].clone()
+        label[:, 2] = 0
+        logits = torch.stack([4 * label[:, 0] - 2, torch.zeros_like(label[:, 1]), torch.zeros_like(label[:, 2])], 1)
+        return {**out, "label": label, "logits": logits}
+
+
+def test_classification_ap_known_answer(tmp_path, tiny_synth, tiny_synth_config):
+    summary = tmp_path / "summary.json"
+    model = _KnownLogits(num_classes=4, backbone_options={"width": 0.0625}, msf_scales=(1.0,))
+    trainer = pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[CAMScore(summary_file=str(summary), summary_key="cgnet")],
+    )
+    dm = datamodule(tiny_synth, tiny_synth_config)
+    trainer.validate(model, dm)
+    labels = torch.stack([dm.val_dataloader().dataset[i]["label"] for i in range(len(dm.val_dataloader().dataset))])
+    frequency = float(labels[:, 1].mean())
+    assert 0 < frequency < 1, "the scoring split must hold images with and without class 1"
+    ap = json.loads(summary.read_text())["cgnet_cls_ap"]
+    assert ap["stripes_0"] == pytest.approx(1.0)
+    assert ap["dots_0"] == pytest.approx(frequency, abs=1e-6)  # constant scores: precision = the class's frequency
+    assert ap["zigzag_0"] is None  # no positive image: undefined, not 0
+    assert json.loads(summary.read_text())["cgnet_cls_map"] == pytest.approx(50 * (1 + frequency), abs=0.01)
 
 
 def test_visualization_writes_wandb_media_offline(tmp_path, tiny_synth, tiny_synth_config, monkeypatch):
