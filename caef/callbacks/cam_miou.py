@@ -114,17 +114,19 @@ class CAMScore(pl.Callback):
 
     def _class_ap(self, trainer: pl.Trainer) -> torch.Tensor | None:
         """Per-class AP over all ranks (NaN for a class without a positive image, which torchmetrics scores 0), or
-        None where the module returned no logits (the same on every rank: every rank runs the same module)."""
+        None where the module returned no logits (the same on every rank: every rank runs the same module) or no
+        class had a positive image."""
         if not self.ap.update_count:
             return None
         targets = self.ap.target if isinstance(self.ap.target, list) else [self.ap.target]
-        positives = sum((t == 1).sum(0) for t in targets)
+        positives = sum(((t == 1).sum(0) for t in targets), torch.zeros(self.ap.num_labels, device=self.ap.device))
         positives = trainer.strategy.reduce(positives, reduce_op="sum")  # collective: every rank gets here
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*No positive samples.*")
             ap = self.ap.compute().float().reshape(-1)
         self.ap.reset()
-        return torch.where(positives > 0, ap, torch.nan)
+        ap = torch.where(positives > 0, ap, torch.nan)
+        return None if ap.isnan().all() else ap
 
     @rank_zero_only
     def _write_summary(self) -> None:
