@@ -34,7 +34,7 @@ lint: $(STAMP)  ## ruff check
 format: $(STAMP)  ## ruff format
 	$(BIN)/ruff format caef tests benchmarks
 
-demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~17 min): runs/$(RUN)/summary.json + report.md
+demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~19 min): runs/$(RUN)/summary.json + report.md
 	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)
 
 voc-full: $(STAMP)  ## the paper's VOC 2012 protocol, ResNet-38 (needs data/VOCdevkit + SBD, or VOC_ROOT=...)

@@ -173,7 +173,7 @@ def test_validation_is_moved_onto_the_last_epoch(every, epochs, expected):
 
 
 def test_fewer_epochs_than_the_validation_interval_still_scores_the_cams(tmp_path, tiny_synth, tiny_synth_config):
-    """classifier/demo.yaml validates every 6 epochs; a 2-epoch run must still score its final weights."""
+    """classifier/demo.yaml validates once, at its last epoch (18); a 2-epoch run must still score its final weights."""
     run_dir = tmp_path / "run"
     args = [a for a in tiny_overrides(tiny_synth, tiny_synth_config) if "check_val_every_n_epoch" not in a]
     args = [a if a != "--trainer.max_epochs=1" else "--trainer.max_epochs=2" for a in args]
