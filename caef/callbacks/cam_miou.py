@@ -92,24 +92,21 @@ class CAMScore(pl.Callback):
         best_miou, best_threshold = float(result["best_miou"]), float(result["best_threshold"])
         iou = result["iou"][int(result["best_index"])]
         metrics = {f"{prefix}/cam_miou": best_miou, f"{prefix}/cam_threshold": best_threshold}
-        metrics.update({f"{prefix}/cam_iou/{name}": float(v) for name, v in zip(names, iou) if not torch.isnan(v)})
-        if ap is not None:
-            metrics[f"{prefix}/cls_map"] = float(ap.nanmean())
-            metrics.update({f"{prefix}/cls_ap/{name}": float(v) for name, v in zip(names[1:], ap) if not v.isnan()})
-        # every rank holds the same (already global) values: "max" syncs them exactly, and quiets Lightning's
-        # advice to sync epoch-level values; the loggers write from rank 0 only
-        pl_module.log_dict(metrics, sync_dist=trainer.world_size > 1, reduce_fx="max")
+        metrics.update(_logged(f"{prefix}/cam_iou", names, iou))
         self.last_result = {
             "miou": best_miou,
             "threshold": best_threshold,
-            "iou": {name: (None if torch.isnan(v) else round(float(v), 6)) for name, v in zip(names, iou)},
+            "iou": _per_class(names, iou),
             "epoch": trainer.current_epoch,
         }
         if ap is not None:
-            self.last_result["cls_map"] = float(ap.nanmean())
-            self.last_result["cls_ap"] = {
-                name: (None if v.isnan() else round(float(v), 6)) for name, v in zip(names[1:], ap)
-            }
+            cls_map = float(ap.nanmean())
+            metrics[f"{prefix}/cls_map"] = cls_map
+            metrics.update(_logged(f"{prefix}/cls_ap", names[1:], ap))
+            self.last_result.update(cls_map=cls_map, cls_ap=_per_class(names[1:], ap))
+        # every rank holds the same (already global) values: "max" syncs them exactly, and quiets Lightning's
+        # advice to sync epoch-level values; the loggers write from rank 0 only
+        pl_module.log_dict(metrics, sync_dist=trainer.world_size > 1, reduce_fx="max")
         self._write_summary()
 
     def _class_ap(self, trainer: pl.Trainer) -> torch.Tensor | None:
@@ -148,3 +145,13 @@ def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:
     datamodule = getattr(trainer, "datamodule", None)
     names = list(getattr(datamodule, "class_names", []) or [])
     return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
+
+
+def _logged(stem: str, names: Sequence[str], values: torch.Tensor) -> dict[str, float]:
+    """``{stem/<class>: value}`` for logging, leaving out undefined (NaN) classes."""
+    return {f"{stem}/{name}": float(v) for name, v in zip(names, values) if not torch.isnan(v)}
+
+
+def _per_class(names: Sequence[str], values: torch.Tensor) -> dict[str, float | None]:
+    """``{class: value}`` for ``summary.json``: 6 decimals, None where undefined (NaN)."""
+    return {name: (None if torch.isnan(v) else round(float(v), 6)) for name, v in zip(names, values)}
