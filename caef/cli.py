@@ -38,6 +38,10 @@ STAGES: dict[str, tuple[str, str, str]] = {
 #: offline (non-Lightning) steps: name -> (main function, help)
 OFFLINE_COMMANDS: dict[str, tuple[str, str]] = {
     "crf": ("caef.stages.crf:main", "dense-CRF seeds (low/high alpha) from saved CAMs; shardable with --shard i/n"),
+    "conformance": ("caef.conformance:main", "compare caef with local clones of the official OC-CSE and PSA code"),
+    "dashboard": ("caef.dashboard:main", "build the masking-depth / backbone W&B reports (wandb-workspaces)"),
+    "export": ("caef.interchange:export_main", "export CAMs (irn | psa format) or networks (psa | occse .pth)"),
+    "import": ("caef.interchange:import_main", "import CAMs from IRN / PSA / OC-CSE .npy files"),
 }
 
 
