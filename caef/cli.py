@@ -324,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from caef import __version__
+
+        print(f"caef {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command in STAGES:
