@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,15 +46,17 @@ def read_manifest(out: str | Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
-def _annotation_xml(image_id: str, size: int, meta: list[dict]) -> str:
+def annotation_xml(image_id: str, width: int, height: int, meta: list[dict], database: str = "caef synthetic") -> str:
+    """VOC XML of one image: ``meta`` holds its objects (``name``, ``truncated``, ``bbox`` = xmin, ymin, xmax, ymax)."""
+
     def add(parent: ET.Element, *items: tuple[str, object]) -> None:
         for tag, value in items:
             ET.SubElement(parent, tag).text = str(value)
 
     root = ET.Element("annotation")
     add(root, ("folder", "VOC2012"), ("filename", f"{image_id}.jpg"))
-    add(ET.SubElement(root, "source"), ("database", "caef synthetic"))
-    add(ET.SubElement(root, "size"), ("width", size), ("height", size), ("depth", 3))
+    add(ET.SubElement(root, "source"), ("database", database))
+    add(ET.SubElement(root, "size"), ("width", width), ("height", height), ("depth", 3))
     add(root, ("segmented", 1))
     for obj in meta:
         node = ET.SubElement(root, "object")
@@ -68,18 +71,32 @@ def _annotation_xml(image_id: str, size: int, meta: list[dict]) -> str:
 def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> Path:
     """Write the dataset tree to ``out`` atomically (replacing a previous generated tree) and return its VOC2012 dir."""
     config.validate()
+    write_tree_atomically(
+        out, lambda root: _write_tree(root, config, progress), MANIFEST, lambda: read_manifest(out) is not None
+    )
+    return Path(out) / VOC_SUBDIR
+
+
+def write_tree_atomically(
+    out: str | Path, write: Callable[[Path], None], manifest: str, ours: Callable[[], bool], what: str = "synthetic"
+) -> None:
+    """Run ``write(tmp)`` on a temporary folder beside ``out``, then put it in place of ``out``.
+
+    A non-empty ``out`` is only replaced when ``ours()`` says it is an earlier generated tree (it holds
+    ``manifest``); the previous tree is restored if the swap fails, and nothing is left behind on error.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"cannot generate the synthetic dataset at {out}: it is a file; choose another directory")
-    if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
+        raise DataError(f"cannot generate the {what} dataset at {out}: it is a file; choose another directory")
+    if out.is_dir() and any(out.iterdir()) and not ours():
         raise DataError(
-            f"refusing to generate the synthetic dataset into {out}: the directory is not empty and holds "
-            f"no {MANIFEST} from an earlier run; choose an empty or new directory"
+            f"refusing to generate the {what} dataset into {out}: the directory is not empty and holds "
+            f"no {manifest} from an earlier run; choose an empty or new directory"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write_tree(tmp, config, progress)
+        write(tmp)
         if not out.exists():
             os.replace(tmp, out)
         else:  # move the previous (or empty) tree aside, put the new one in place, restore the old one on failure
@@ -95,17 +112,38 @@ def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out / VOC_SUBDIR
 
 
-def _write_tree(root: Path, config: SynthConfig, progress: bool) -> None:
-    voc = root / VOC_SUBDIR
+def write_voc_tree(
+    voc: Path,
+    images: Iterable[tuple[str, np.ndarray, np.ndarray, list[dict]]],
+    splits: dict[str, Sequence[str]],
+    names: Sequence[str],
+    jpeg_quality: int,
+    database: str = "caef synthetic",
+) -> None:
+    """Write a VOC 2012 tree under ``voc`` (a new folder): per ``(image_id, rgb, label, objects)`` a JPEG, an XML
+    naming its objects, the palette mask in ``SegmentationClass`` and ``SegmentationClassAug``; then the split
+    lists (``{split: ids}``) and ``classes.txt`` (``names``, background implicit)."""
     dirs = {
         name: voc / name
         for name in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation")
     }
     for d in dirs.values():
         d.mkdir(parents=True)
+    for image_id, rgb, label, objects in images:
+        Image.fromarray(rgb).save(dirs["JPEGImages"] / f"{image_id}.jpg", format="JPEG", quality=jpeg_quality)
+        xml = annotation_xml(image_id, rgb.shape[1], rgb.shape[0], objects, database)
+        (dirs["Annotations"] / f"{image_id}.xml").write_text(xml)
+        write_mask(dirs["SegmentationClass"] / f"{image_id}.png", label)
+        shutil.copyfile(dirs["SegmentationClass"] / f"{image_id}.png", dirs["SegmentationClassAug"] / f"{image_id}.png")
+    for split, members in splits.items():
+        write_text(dirs["ImageSets/Segmentation"] / f"{split}.txt", "".join(f"{i}\n" for i in members))
+    write_text(voc / "classes.txt", "".join(f"{name}\n" for name in names))
+
+
+def _write_tree(root: Path, config: SynthConfig, progress: bool) -> None:
+    voc = root / VOC_SUBDIR
     names = class_names(config.num_classes)
     looks = [class_look(config, c) for c in range(config.num_classes)]
     ids = [f"synth_{i:06d}" for i in range(config.num_images)]
@@ -115,23 +153,24 @@ def _write_tree(root: Path, config: SynthConfig, progress: bool) -> None:
     val, train_aug = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
     train = sorted(split_rng.choice(train_aug, n_train, replace=False).tolist())
     train_aug_set = set(train_aug)
-    indices = tqdm(range(config.num_images), desc="synthetic images", unit="img", disable=not progress)
     all_meta, class_counts, heads = {}, [0] * config.num_classes, 0
-    for i in indices:
-        rgb, label, meta = render(config, i, looks)
-        for obj in meta:
-            obj["name"] = names[obj["class"] - 1]
-            class_counts[obj["class"] - 1] += 1
-            heads += obj["head"]
-        image_id = ids[i]
-        Image.fromarray(rgb).save(dirs["JPEGImages"] / f"{image_id}.jpg", format="JPEG", quality=config.jpeg_quality)
-        (dirs["Annotations"] / f"{image_id}.xml").write_text(_annotation_xml(image_id, config.size, meta))
-        write_mask(dirs["SegmentationClass"] / f"{image_id}.png", label)
-        shutil.copyfile(dirs["SegmentationClass"] / f"{image_id}.png", dirs["SegmentationClassAug"] / f"{image_id}.png")
-        all_meta[image_id] = {"split": "train_aug" if i in train_aug_set else "val", "objects": meta}
-    for split, members in (("train_aug", train_aug), ("train", train), ("val", val)):
-        write_text(dirs["ImageSets/Segmentation"] / f"{split}.txt", "".join(f"{ids[i]}\n" for i in members))
-    write_text(voc / "classes.txt", "".join(f"{name}\n" for name in names))
+
+    def images() -> Iterator[tuple[str, np.ndarray, np.ndarray, list[dict]]]:
+        nonlocal heads
+        indices = tqdm(range(config.num_images), desc="synthetic images", unit="img", disable=not progress)
+        for i in indices:
+            rgb, label, meta = render(config, i, looks)
+            for obj in meta:
+                obj["name"] = names[obj["class"] - 1]
+                class_counts[obj["class"] - 1] += 1
+                heads += obj["head"]
+            all_meta[ids[i]] = {"split": "train_aug" if i in train_aug_set else "val", "objects": meta}
+            yield ids[i], rgb, label, meta
+
+    splits = {
+        name: [ids[i] for i in members] for name, members in (("train_aug", train_aug), ("train", train), ("val", val))
+    }
+    write_voc_tree(voc, images(), splits, names, config.jpeg_quality)
     write_json(root / META, all_meta)
     write_json(
         root / MANIFEST,
