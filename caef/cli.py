@@ -97,7 +97,7 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             parser.add_argument(
                 "--stage_dir", default=None, help="folder name under run_dir for this stage (default: the stage name)"
             )
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
         def parse_arguments(self, parser, args) -> None:
             # `args` are explicit, so no warning about a command line also being there; sys.argv stays whole
@@ -128,6 +128,20 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
                     "point --ckpt_path at another checkpoint"
                 ) from exc
 
+        def instantiate_classes(self) -> None:
+            """In subclass mode jsonargparse wraps a model's CaefError in a ValueError: the CaefError is re-raised."""
+            from caef.errors import CaefError
+
+            try:
+                super().instantiate_classes()
+            except ValueError as exc:
+                cause = exc.__cause__
+                while cause is not None and not isinstance(cause, CaefError):
+                    cause = cause.__cause__
+                if cause is None:
+                    raise
+                raise cause from None
+
         def after_instantiate_classes(self) -> None:
             """A --ckpt_path of another class count fails here, naming the file, before any work starts."""
             super().after_instantiate_classes()
@@ -135,7 +149,7 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             if path and Path(path).is_file():
                 import torch
 
-                from caef.stages.cgnet import check_state_dict
+                from caef.checkpoints import check_state_dict
 
                 state = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("state_dict", {})
                 check_state_dict(self.model, state, Path(path), "checkpoint (--ckpt_path)")
@@ -173,6 +187,7 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
         def save_config(self, trainer, pl_module, stage: str) -> None:
             from caef.io import atomic_path
 
+            stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum: its str() is its name)
             name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
             with atomic_path(Path(trainer.default_root_dir) / name) as tmp:
                 self.parser.save(self.config, str(tmp), skip_none=False, overwrite=True, multifile=False)
@@ -188,6 +203,7 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
         _import(datamodule_path),
         args=list(args),
         run=run,
+        subclass_mode_model=True,  # --model=mypkg.MyErasing: any subclass of the stage's module (its default)
         save_config_callback=StageConfigSaver,
         save_config_kwargs={"save_to_log_dir": False},
         parser_kwargs={"prog": f"caef {stage}"},
@@ -246,8 +262,9 @@ def fill_run_layout(config: Any, stage: str) -> None:
                 ]
     if "seed_dir" in config.data and not config.data.seed_dir:
         config.data.seed_dir = str(run_dir / "seeds")
-    if "ordinary_classifier" in config.model and not config.model.ordinary_classifier:
-        config.model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
+    model = config.model.init_args  # the model is a subclass-mode entry: class_path + init_args
+    if "ordinary_classifier" in model and not model.ordinary_classifier:
+        model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
 
 
 def validate_last_epoch(trainer: Any) -> str | None:
