@@ -285,6 +285,7 @@ def validate_last_epoch(trainer: Any) -> str | None:
 
 # -- data commands ---------------------------------------------------------------------------------
 def _data_parser() -> argparse.ArgumentParser:
+    from caef.data.scenes import ScenesConfig
     from caef.data.synthetic import SynthConfig
 
     parser = argparse.ArgumentParser(prog="caef data", description="dataset tools")
@@ -301,6 +302,14 @@ def _data_parser() -> argparse.ArgumentParser:
         value = getattr(defaults, f.name)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             synth.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value, dest=f.name)
+    scenes = sub.add_parser("scenes", help="compose scenes of MNIST-family objects (Fashion-MNIST) as a VOC tree")
+    scenes.add_argument("--out", required=True, help="output folder (created; must not hold other data)")
+    scenes.add_argument("--source", default=None, help="folder of *-images-idx3-ubyte(.gz) + *-labels-idx1-ubyte(.gz)")
+    scene_defaults = ScenesConfig()
+    for f in fields(ScenesConfig):
+        value = getattr(scene_defaults, f.name)
+        flag, dest = f"--{f.name.replace('_', '-')}", f"scene_{f.name}"
+        scenes.add_argument(flag, type=type(value), default=value, dest=dest, metavar=f.name.upper())
     return parser
 
 
@@ -314,6 +323,13 @@ def data_main(args: Sequence[str]) -> int:
         report = check_source(source, parsed.split)
         print(report.format())
         return 0 if report.ok else 1
+    if parsed.command == "scenes":
+        from caef.data.scenes import ScenesConfig, describe, generate_scenes
+
+        config = ScenesConfig(**{f.name: getattr(parsed, f"scene_{f.name}") for f in fields(ScenesConfig)})
+        voc_dir = generate_scenes(Path(parsed.out), config, parsed.source)
+        print(f"wrote {describe(config)} to {voc_dir}")
+        return 0
     from caef.data.synthetic import SynthConfig, describe, generate
 
     config = SynthConfig(**{f.name: getattr(parsed, f.name) for f in fields(SynthConfig) if hasattr(parsed, f.name)})
