@@ -28,8 +28,9 @@ test: $(STAMP)  ## run the fast test suite (what CI runs)
 test-all: $(STAMP)  ## run every test, the slow ones too
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m ""
 
-lint: $(STAMP)  ## ruff check
+lint: $(STAMP)  ## ruff check + ruff format --check (what CI runs before the tests)
 	$(BIN)/ruff check caef tests benchmarks
+	$(BIN)/ruff format --check caef tests benchmarks
 
 format: $(STAMP)  ## ruff format
 	$(BIN)/ruff format caef tests benchmarks
