@@ -111,7 +111,7 @@ class AffinityNet(nn.Module):
 
         A CGNet checkpoint also holds its frozen ``ordinary_classifier.*``: only the CGNet (``net.``) is read.
         """
-        from caef.stages.cgnet import check_state_dict
+        from caef.checkpoints import check_state_dict
 
         path = Path(path)
         _, state = read_cam_trunk(path)

@@ -12,7 +12,7 @@ The OC stays in eval mode and has no parameter gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from caef.checkpoints import check_state_dict, read_checkpoint
 from caef.errors import CaefError
 from caef.models.cam_net import CAMNet, build_cam_net
 from caef.stages.cam_inference import DEFAULT_SCALES
@@ -51,25 +52,31 @@ def erasing_mask(
     raise ValueError(f"mask_normalization must be 'batch' or 'image', got {normalization!r}")
 
 
+#: ``model.ordinary_classifier`` of a CGNet checkpoint: the frozen OC is rebuilt from the checkpoint itself (its
+#: architecture in ``ordinary_classifier_architecture``, its weights in the ``ordinary_classifier.*`` tensors), so the
+#: checkpoint loads wherever it is, without the OC's original file
+EMBEDDED = "embedded"
+OC_HINT = (
+    "copy it again or train one with `caef classifier fit` (runs/<name>/classifier/last.ckpt), or point "
+    "model.ordinary_classifier at PSA's res38_cls.pth"
+)
+
+
 def load_ordinary_classifier(
     path: str | Path, num_classes: int, backbone: str = "resnet38", backbone_options: dict[str, Any] | None = None
 ) -> CAMNet:
     """The OC from a ``caef classifier`` checkpoint (.ckpt; architecture from its hyper-parameters) or from a
     PSA ``res38_cls.pth`` / OC-CSE ``net_cl.pth`` state dict (architecture from ``backbone``)."""
+    return read_ordinary_classifier(path, num_classes, backbone, backbone_options)[0]
+
+
+def read_ordinary_classifier(
+    path: str | Path, num_classes: int, backbone: str = "resnet38", backbone_options: dict[str, Any] | None = None
+) -> tuple[CAMNet, dict[str, Any]]:
+    """:func:`load_ordinary_classifier` and the OC's architecture (``backbone``, ``num_classes``,
+    ``backbone_options``: what :func:`build_oc` needs to rebuild it)."""
     path = Path(path)
-    if not path.is_file():
-        raise CaefError(
-            f"ordinary classifier checkpoint not found: {path}; train one with `caef classifier fit` "
-            "(runs/<name>/classifier/last.ckpt) or point model.ordinary_classifier at PSA's res38_cls.pth"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, not a torch file, pickle errors ...
-        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # torch's first sentence
-        raise CaefError(
-            f"cannot read ordinary classifier checkpoint {path} ({type(exc).__name__}: {detail}): the file is "
-            "truncated or not a torch checkpoint; copy it again or retrain it with `caef classifier fit`"
-        ) from exc
+    checkpoint = read_checkpoint(path, "ordinary classifier checkpoint", OC_HINT)
     if isinstance(checkpoint, dict) and "hyper_parameters" in checkpoint and "state_dict" in checkpoint:
         hp = checkpoint["hyper_parameters"]
         if not {"backbone", "num_classes"} <= set(hp or {}):
@@ -77,12 +84,17 @@ def load_ordinary_classifier(
                 f"{path} is a Lightning checkpoint but not of a caef classifier (its hyper-parameters lack backbone "
                 "and num_classes); point model.ordinary_classifier at runs/<name>/classifier/last.ckpt"
             )
-        net = build_cam_net(hp["backbone"], hp["num_classes"], **(hp.get("backbone_options") or {}))
+        architecture = {
+            "backbone": hp["backbone"],
+            "num_classes": hp["num_classes"],
+            "backbone_options": dict(hp.get("backbone_options") or {}),
+        }
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     else:
         from caef.models.backbones.resnet38 import convert_reference_state_dict
 
-        net = build_cam_net(backbone, num_classes, **(backbone_options or {}))
+        options = dict(backbone_options or {})
+        architecture = {"backbone": backbone, "num_classes": num_classes, "backbone_options": options}
         state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise CaefError(
@@ -92,6 +104,7 @@ def load_ordinary_classifier(
         state = {k.removeprefix("module."): v for k, v in state.items()}
         if backbone == "resnet38" and "classifier.weight" not in state:
             state = convert_reference_state_dict(state)  # PSA / OC-CSE names (trunk + fc8)
+    net = build_oc(architecture)
     if net.num_foreground != num_classes - 1:
         raise CaefError(
             f"ordinary classifier {path} predicts {net.num_foreground} foreground classes but the dataset has "
@@ -99,50 +112,14 @@ def load_ordinary_classifier(
         )
     check_state_dict(net, state, path, what="ordinary classifier")
     net.load_state_dict(state)
-    return net
+    return net, architecture
 
 
-def check_state_dict(net: torch.nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
-    """Raise a short CaefError (counts and first keys, not hundreds of names) if ``state`` does not fit ``net``."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = [
-        f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        )
-        if items
-    ]
-    if problems:
-        hint = "Check the backbone name and options (e.g. width) it was trained with."
-        if "CGNet init" in what:
-            hint = (
-                "init_from_ordinary_classifier needs the CGNet's architecture (model.backbone, "
-                "model.backbone_options) to equal the classifier's: make them equal, or set "
-                "model.init_from_ordinary_classifier=false."
-            )
-        elif what == "ordinary classifier":
-            hint = (
-                "For a plain state dict (.pth), set model.ordinary_classifier_backbone and "
-                "model.ordinary_classifier_options (e.g. width) to the architecture it was trained with."
-            )
-        head = [k for k in ("classifier.weight", "net.classifier.weight") if k in state and k in expected]
-        if head and tuple(state[head[0]].shape[1:]) == tuple(expected[head[0]].shape[1:]):
-            found, wanted = len(state[head[0]]), len(expected[head[0]])
-            if found != wanted:
-                hint = (
-                    f"It predicts {found} foreground classes but {wanted} are configured: use one trained on this "
-                    "dataset (num_classes comes from the data)."
-                )
-        raise CaefError(f"{what} {path} does not match the configured architecture: {'; '.join(problems)}. {hint}")
+def build_oc(architecture: dict[str, Any]) -> CAMNet:
+    """An (untrained) OC of the recorded ``architecture``."""
+    return build_cam_net(
+        architecture["backbone"], architecture["num_classes"], **(architecture.get("backbone_options") or {})
+    )
 
 
 class CGNetModule(CAMModule):
@@ -150,7 +127,9 @@ class CGNetModule(CAMModule):
 
     Args:
         ordinary_classifier: checkpoint of the frozen OC (see :func:`load_ordinary_classifier`); the CLI
-            defaults it to ``<run_dir>/classifier/last.ckpt``.
+            defaults it to ``<run_dir>/classifier/last.ckpt``. A saved CGNet checkpoint says ``embedded``: its OC is
+            rebuilt from ``ordinary_classifier_architecture`` and takes its weights from the checkpoint's own
+            ``ordinary_classifier.*`` tensors, so the checkpoint loads after its run folder moved.
         ordinary_classifier_backbone: OC architecture for plain state dicts (a .ckpt records its own).
         ordinary_classifier_options: backbone options for plain state dicts.
         init_from_ordinary_classifier: start the CGNet from the OC's weights (same architecture needed) instead
@@ -160,6 +139,8 @@ class CGNetModule(CAMModule):
         erase_weight_init, erase_weight_slope: w(epoch) = init + slope * epoch.
         erasing: ``false`` trains the same network without the erasing term (the OC is not even run): the
             equal-budget control that separates the erasing's effect from that of the extra training.
+        ordinary_classifier_architecture: ``{backbone, num_classes, backbone_options}`` of the OC, recorded when
+            it is loaded from its file; read only with ``ordinary_classifier=embedded``.
     """
 
     def __init__(
@@ -186,6 +167,7 @@ class CGNetModule(CAMModule):
         msf_scales: Sequence[float] = DEFAULT_SCALES,
         msf_flip: bool = True,
         channels_last: bool = False,
+        ordinary_classifier_architecture: dict[str, Any] | None = None,
     ):
         super().__init__(
             num_classes, backbone, pretrained, backbone_options, lr, weight_decay, momentum, poly_power,
@@ -193,11 +175,22 @@ class CGNetModule(CAMModule):
         )  # fmt: skip
         if not ordinary_classifier:
             raise CaefError("model.ordinary_classifier is not set: give the classifier checkpoint (.ckpt or .pth)")
-        oc = load_ordinary_classifier(
-            ordinary_classifier, num_classes, ordinary_classifier_backbone, ordinary_classifier_options
-        )
-        oc.backbone._check_depth(masking_depth)
-        if init_from_ordinary_classifier:
+        self._oc_weights_pending = ordinary_classifier == EMBEDDED
+        if self._oc_weights_pending:
+            if not ordinary_classifier_architecture:
+                raise CaefError(
+                    "model.ordinary_classifier=embedded needs model.ordinary_classifier_architecture (a CGNet "
+                    "checkpoint records both); give the classifier checkpoint (.ckpt or .pth) instead"
+                )
+            oc, architecture = build_oc(ordinary_classifier_architecture), dict(ordinary_classifier_architecture)
+        else:
+            oc, architecture = read_ordinary_classifier(
+                ordinary_classifier, num_classes, ordinary_classifier_backbone, ordinary_classifier_options
+            )
+        self.hparams["ordinary_classifier_architecture"] = architecture
+        self.ordinary_classifier_source = str(ordinary_classifier)
+        oc.backbone.check_depth(masking_depth)
+        if init_from_ordinary_classifier and not self._oc_weights_pending:  # embedded: the checkpoint has both nets
             check_state_dict(
                 self.net, oc.state_dict(), Path(ordinary_classifier), "ordinary classifier (as CGNet init)"
             )
@@ -212,6 +205,29 @@ class CGNetModule(CAMModule):
         super().train(mode)
         self.ordinary_classifier.eval()  # frozen: dropout off, BN running statistics
         return self
+
+    # -- a checkpoint that carries its OC ----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The OC's weights are in the state dict already: the checkpoint says ``embedded`` instead of the OC's file
+        (kept as ``ordinary_classifier_source``, for the record), so it loads wherever it is moved."""
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams["ordinary_classifier"] = EMBEDDED
+        hparams["ordinary_classifier_architecture"] = self.hparams["ordinary_classifier_architecture"]
+        checkpoint["hyper_parameters"] = hparams
+        checkpoint["ordinary_classifier_source"] = self.ordinary_classifier_source
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if any(key.startswith("ordinary_classifier.") for key in state_dict):
+            self._oc_weights_pending = False
+        return result
+
+    def on_train_start(self) -> None:
+        if self._oc_weights_pending and self.hparams.erasing:
+            raise CaefError(
+                "the CGNet's ordinary classifier is 'embedded' but no checkpoint weights were loaded into it; train "
+                "with --ckpt_path=<cgnet checkpoint> or give model.ordinary_classifier=<classifier checkpoint>"
+            )
 
     def erase_weight(self) -> float:
         if not self.hparams.erasing:

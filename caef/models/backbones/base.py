@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -50,7 +49,7 @@ class Backbone(nn.Module, abc.ABC):
     def forward(self, x: Tensor, erase_mask: Tensor | None = None, masking_depth: int = 0) -> Tensor:
         """Final feature map; with ``erase_mask`` the input (depth 0) or stage ``masking_depth`` is erased."""
         if erase_mask is not None:
-            self._check_depth(masking_depth)
+            self.check_depth(masking_depth)
             if masking_depth == 0:
                 x = erase(x, erase_mask)
         for depth, stage in enumerate(self.stage_modules(), start=1):
@@ -63,7 +62,7 @@ class Backbone(nn.Module, abc.ABC):
         """Outputs of the requested stages (1-based), computing only as deep as needed."""
         wanted = set(depths)
         for depth in wanted:
-            self._check_depth(depth, allow_zero=False)
+            self.check_depth(depth, allow_zero=False)
         out: dict[int, Tensor] = {}
         last = max(wanted)
         for depth, stage in enumerate(self.stage_modules(), start=1):
@@ -74,13 +73,16 @@ class Backbone(nn.Module, abc.ABC):
                 break
         return out
 
-    def _check_depth(self, depth: int, allow_zero: bool = True) -> None:
+    def check_depth(self, depth: int, allow_zero: bool = True) -> None:
+        """A ValueError unless ``depth`` names a stage (1..num_stages) or, with ``allow_zero``, the image (0)."""
         low = 0 if allow_zero else 1
         if not low <= depth <= self.num_stages:
             raise ValueError(
                 f"masking_depth={depth} is out of range for {type(self).__name__}: "
                 f"use {low}..{self.num_stages} (0 = image level, i = output of stage i)"
             )
+
+    _check_depth = check_depth  # the former private name, still called by caef.models.affinity_net
 
     # -- freezing, as in the reference: first stages and every BatchNorm fixed --------------------
     def apply_freezing(self) -> None:
@@ -108,7 +110,3 @@ class Backbone(nn.Module, abc.ABC):
                 continue
             (biases if name.endswith("bias") else weights).append(param)
         return weights, biases
-
-
-def to_channels_last(module: nn.Module, enabled: bool) -> nn.Module:
-    return module.to(memory_format=torch.channels_last) if enabled else module
