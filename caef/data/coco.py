@@ -1,12 +1,15 @@
 """MS-COCO 2014 as a :class:`SegmentationSource`: image-level labels and semantic masks from instance annotations.
 
 COCO ships instance polygons and RLEs, not class-index masks, so each semantic mask is rasterised once and cached
-as a palette PNG. The annotation jsons (train is ~450 MB) are parsed only when a split, label or mask is first needed.
+as a palette PNG, in a folder named after a digest of the annotation json's bytes: an edited or replaced json never
+serves masks rasterised from the old one (the json is read whole anyway, so the digest costs ~1 s of a ~20 s load).
+The annotation jsons (train is ~450 MB) are parsed only when a split, label or mask is first needed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -47,6 +50,7 @@ class COCOSource(SegmentationSource):
             raise DataError(f"coco: dataset root {self.root} does not exist; {_LAYOUT_HINT}")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / "caef_cache"
         self._cocos: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
         self._index: dict[str, tuple[list[str], list[str], dict[str, int]]] = {}
         self._usable: dict[str, list[str]] = {}
 
@@ -68,8 +72,11 @@ class COCOSource(SegmentationSource):
         return self.root / match.group(1) / f"{image_id}.jpg"
 
     def cached_mask_path(self, image_id: str, split: str) -> Path:
-        """Where the rasterised mask of ``image_id`` lives, whether or not it exists yet."""
-        return self.cache_dir / "masks" / SPLIT_DIRS[self._check_split(split)] / f"{image_id}.png"
+        """Where the rasterised mask of ``image_id`` lives, whether or not it exists yet: under a folder keyed on the
+        annotation json's content, so masks of another version of the json are never read."""
+        folder = SPLIT_DIRS[self._check_split(split)]
+        self._coco(split)  # fills the digest
+        return self.cache_dir / "masks" / f"{folder}-{self._digests[split]}" / f"{image_id}.png"
 
     # -- splits and labels ----------------------------------------------------------------------
     def split_ids(self, split: str) -> list[str]:
@@ -207,7 +214,7 @@ class COCOSource(SegmentationSource):
 
     def _coco(self, split: str) -> Any:
         if split not in self._cocos:
-            self._cocos[split] = _load_coco(self.annotation_path(split))
+            self._cocos[split], self._digests[split] = _load_coco(self.annotation_path(split))
         return self._cocos[split]
 
     def _split_index(self, split: str) -> tuple[list[str], list[str], dict[str, int]]:
@@ -279,8 +286,9 @@ def _check_image_record(record: Any, path: Path) -> None:
         raise DataError(f"coco: malformed entry in {path}: {problem}; download the annotations again")
 
 
-def _load_coco(path: Path) -> Any:
-    """A pycocotools ``COCO`` index of ``path``, with the json checked first so errors name the file."""
+def _load_coco(path: Path) -> tuple[Any, str]:
+    """A pycocotools ``COCO`` index of ``path``, with the json checked first so errors name the file, and a digest
+    of the file's bytes (the key of the mask cache)."""
     from pycocotools.coco import COCO
 
     if not path.is_file():
@@ -289,8 +297,8 @@ def _load_coco(path: Path) -> Any:
             f"lies in {path.parent} ({_LAYOUT_HINT})"
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"coco: annotation file {path} is not valid JSON ({exc}); download it again") from exc
     missing = [key for key in _REQUIRED_KEYS if not isinstance(data, dict) or key not in data]
@@ -306,4 +314,4 @@ def _load_coco(path: Path) -> Any:
             coco.createIndex()
     except (KeyError, TypeError) as exc:
         raise DataError(f"coco: malformed entry in {path}: missing or wrong field {exc!r}; download it again") from exc
-    return coco
+    return coco, hashlib.blake2b(raw, digest_size=8).hexdigest()
