@@ -19,6 +19,7 @@ scales and flips, at the original size) are the training loss and the evaluation
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -138,6 +139,18 @@ class DeepLab(nn.Module):
         self.low_level_stage = low_level_stage
         low_channels = backbone.stage_channels[low_level_stage - 1]
         self.head = DecoderV3Plus(backbone.out_channels, low_channels, num_classes)
+
+    def load_cam_checkpoint(self, path: str | Path) -> None:
+        """Copy the trunk of a caef classifier / CGNet ``.ckpt`` (its ``net.backbone.*`` tensors) into the backbone,
+        strictly (every key, every shape): where no ImageNet weights are used, the trained CAM network's trunk stands
+        in for them, as it does for the CGNet and AffinityNet. The head keeps its fresh initialisation."""
+        from caef.checkpoints import check_state_dict
+        from caef.models.affinity_net import read_cam_trunk
+
+        path = Path(path)
+        _, state = read_cam_trunk(path)
+        check_state_dict(self.backbone, state, path, what="CAM checkpoint (DeepLab trunk init)")
+        self.backbone.load_state_dict(state)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.variant == "v2":

@@ -47,6 +47,9 @@ class DeepLabModule(pl.LightningModule):
     num_classes: classes including background (linked from the datamodule).
     variant: ``v2`` (ASPP-L, the WSSS standard) or ``v3plus`` (ASPP + decoder); see :mod:`caef.models.deeplab`.
     backbone, pretrained, backbone_options: the trunk (``pretrained``: a weights file or ``imagenet``).
+    init_checkpoint: a caef classifier / CGNet ``.ckpt`` whose trunk initialises DeepLab's (loaded after
+        ``pretrained``; shapes must match): the demo configs pass ``{run}/cgnet/last.ckpt``, the CPU stand-in for
+        ImageNet weights, with which DeepLab learns datasets that it cannot learn from scratch in a few epochs.
     lr, weight_decay, momentum, poly_power: DeepLab-v2 recipe: SGD, lr 2.5e-4, momentum 0.9, weight decay
         5e-4, poly decay ``(1 - step/max_steps)^0.9`` per step. Biases get 2x lr and no weight decay.
     head_lr_mult: learning-rate multiplier of the head (DeepLab-v2: 10).
@@ -67,6 +70,7 @@ class DeepLabModule(pl.LightningModule):
         backbone: str = "resnet101",
         pretrained: str | None = None,
         backbone_options: dict[str, Any] | None = None,
+        init_checkpoint: str | None = None,
         lr: float = 2.5e-4,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
@@ -87,9 +91,12 @@ class DeepLabModule(pl.LightningModule):
             raise CaefError(f"eval_scales must be positive numbers, got {list(eval_scales)}")
         # evaluation-only settings stay out of the checkpoint: LightningCLI re-applies a checkpoint's hyper-parameters
         # over the command line, which would make `validate --ckpt_path ... --model.eval_flip=true` a silent no-op
-        self.save_hyperparameters(ignore=EVAL_ONLY)
+        # init_checkpoint only seeds training: a DeepLab checkpoint holds all its weights and never needs that file
+        self.save_hyperparameters(ignore=(*EVAL_ONLY, "init_checkpoint"))
         options = dict(backbone_options or {})
         self.net: DeepLab = build_deeplab(backbone, num_classes, variant, pretrained=pretrained, **options)
+        if init_checkpoint:
+            self.net.load_cam_checkpoint(init_checkpoint)
         self.eval_scales, self.eval_flip = tuple(eval_scales), eval_flip
         self.crf_eval, self.crf_options, self.log_images = crf_eval, dict(crf_options or {}), log_images
         self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
