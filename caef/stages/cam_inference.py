@@ -1,5 +1,10 @@
 """Multi-scale + flip CAM inference, batched: one forward per scale for all images and their flips.
 
+The scaled inputs are the reference's: Pillow's bicubic resize of the uint8 image, then ImageNet normalisation.
+Batches hold normalised images (:func:`caef.data.transforms.eval_transform`); their uint8 pixels are recovered
+exactly (float error < 1e-3 grey levels), resized by :func:`caef.data.pil_resize.pil_bicubic_resize` on the
+device and normalised again.
+
 Per variant (as the reference ``infer_msf``): raw CAM upsampled bilinearly to the original size, ReLU,
 flipped back; the variants are summed, kept for the image's classes, and each class is divided by its
 spatial max (+1e-5).
@@ -13,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from caef.data.pil_resize import pil_bicubic_resize
+from caef.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 
 
@@ -21,9 +29,14 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """ImageNet-normalised images (B, 3, H, W) resized as the reference does: Pillow bicubic on the uint8 pixels."""
     if tuple(images.shape[-2:]) == size:
         return images
-    return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
+    pixels = (images.float() * std + mean).round().clamp(0, 255)
+    resized = pil_bicubic_resize(pixels, size).float()
+    return ((resized - mean) / std).to(images.dtype)
 
 
 def upsampled_relu(cams: Tensor, size: tuple[int, int]) -> Tensor:

@@ -1,0 +1,26 @@
+"""caef's torch version of Pillow's bicubic resize against Pillow itself."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caef.data.pil_resize import pil_bicubic_resize
+
+
+@pytest.mark.parametrize(
+    ("size", "out"), [((75, 101), (38, 50)), ((75, 101), (112, 152)), ((75, 101), (150, 202)), ((5, 9), (5, 3))]
+)
+def test_equals_pillow_bit_for_bit_on_landscape_images(size, out):
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    reference = np.asarray(Image.fromarray(image).resize((out[1], out[0]), Image.BICUBIC))
+    ours = pil_bicubic_resize(torch.from_numpy(image).permute(2, 0, 1), out).permute(1, 2, 0).numpy()
+    assert ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, reference)
+
+
+def test_batched_and_float_input_give_the_same_pixels():
+    images = torch.randint(0, 256, (2, 3, 20, 30), dtype=torch.uint8)
+    one = pil_bicubic_resize(images[1], (10, 15))
+    both = pil_bicubic_resize(images.float(), (10, 15))
+    torch.testing.assert_close(both[1], one)
