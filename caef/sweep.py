@@ -2,17 +2,22 @@
 
 The same file works with ``wandb sweep FILE`` + ``wandb agent``: its ``command`` runs ``caef pipeline CONFIG
 ${args}``, and the agent's ``${args}`` are ``--<stage>.<key>=<value>`` flags, which the pipeline routes to its
-stages. ``--local`` expands the grid itself (``values`` lists; ``value`` constants), runs each point as a
-pipeline run named ``<sweep>-<param>=<value>...`` (a stage whose config and inputs match one already run, such
-as the shared ordinary classifier, is copied instead of retrained), and writes
-``<runs_root>/sweeps/<sweep>/{results.json,table.md,<metric>.png}``.
+stages. Before anything runs the file is checked against what caef logs (:func:`check_sweep`): ``metric.name`` is a
+metric the pipeline reports, every parameter a flag its stage's own parser accepts. ``--local`` expands the grid
+itself (``values`` lists; ``value`` constants), runs each point as a pipeline run named ``<sweep>-<param>=<value>...``
+(a stage whose config and inputs match one already run, such as the shared ordinary classifier, is copied instead of
+retrained), and writes ``<runs_root>/sweeps/<sweep>/{results.json,table.md,<metric>.png}``: the comparison that
+``caef dashboard`` shows on W&B (``caef/sweep_results.py``). ``--dry_run`` prints the commands and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -21,28 +26,51 @@ from pathlib import Path
 from typing import Any
 
 from caef.errors import CaefError
-from caef.io import atomic_path, read_yaml_mapping, write_json
+from caef.io import read_yaml_mapping
+from caef.pipeline_tracking import RUN_BINDING_VARIABLES
+from caef.reported_metrics import reported_metrics
+from caef.sweep_results import METRICS, format_tables, metric_of, write_results
 
-#: metrics compared in the table (summary keys), in pipeline order
-METRICS = ("oc_cam_miou", "cgnet_cam_miou", "pseudo_label_miou", "deeplab_val_miou")
+#: set by `wandb agent` for the run it started; `caef sweep --local` is not such a run
+AGENT_VARIABLES = tuple(v for v in RUN_BINDING_VARIABLES if v in ("WANDB_RUN_ID", "WANDB_SWEEP_ID"))
 
 
 def load_sweep(path: str | Path) -> dict:
+    """A W&B sweep file with a ``command`` list and a ``parameters`` mapping of ``name: {values | value | min/max}``."""
     sweep = read_yaml_mapping(path, "sweep file", "see experiments/sweeps/")
     for key in ("command", "parameters"):
         if key not in sweep:
             raise CaefError(f"sweep file {path} has no {key!r} (a W&B sweep file: program, command, parameters)")
+    if not isinstance(sweep["command"], list) or not all(isinstance(t, str) for t in sweep["command"]):
+        raise CaefError(f"sweep file {path}: `command` must be a list of strings: ${{program}}, pipeline, CONFIG, "
+                        "${args} (see experiments/sweeps/)")  # fmt: skip
+    parameters = sweep["parameters"]
+    if not isinstance(parameters, dict) or not parameters:
+        found = type(parameters).__name__ if parameters else "nothing"
+        raise CaefError(
+            f"sweep file {path}: `parameters` must be a mapping of flag name -> {{values: [...]}} or {{value: x}} "
+            f"(found {found}), e.g. `parameters: {{cgnet.model.masking_depth: {{values: [0, 3]}}}}`"
+        )
+    for name, spec in parameters.items():
+        if not isinstance(spec, dict) or not ({"values", "value"} & set(spec) or {"min", "max"} <= set(spec)):
+            raise CaefError(f"sweep file {path}: parameter {name!r} needs `values: [...]`, `value: x` or `min`/`max`")
+        if "values" in spec and (not isinstance(spec["values"], list) or not spec["values"]):
+            raise CaefError(f"sweep file {path}: parameter {name!r}: `values` must be a non-empty list")
+    metric = sweep.get("metric")
+    if metric is not None and not (isinstance(metric, dict) and isinstance(metric.get("name"), str)):
+        raise CaefError(f"sweep file {path}: `metric` must be a mapping with a `name` (e.g. cgnet_cam_miou)")
     return sweep
 
 
-def grid_points(parameters: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the ``values`` lists (``value`` entries are constants), in file order."""
+def grid_points(parameters: dict[str, Any], local: bool = True) -> list[dict[str, Any]]:
+    """Every combination of the ``values`` lists (``value`` entries are constants), in file order; ``local=False``
+    also accepts ``min``/``max`` ranges (W&B samples them; a local grid cannot), taking both ends."""
     names, choices = [], []
     for name, spec in parameters.items():
-        if not isinstance(spec, dict) or not ("values" in spec or "value" in spec):
+        if local and not ("values" in spec or "value" in spec):
             raise CaefError(f"sweep parameter {name!r} needs `values: [...]` or `value: x` for a local grid")
         names.append(name)
-        choices.append(list(spec["values"]) if "values" in spec else [spec["value"]])
+        choices.append(_spec_values(spec))
     return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
 
 
@@ -82,13 +110,87 @@ def point_name(sweep_name: str, point: dict[str, Any]) -> str:
     return "-".join([sweep_name, *parts]).replace("/", "_").replace(" ", "")
 
 
+def check_sweep(sweep: dict, path: str | Path, base: str | None = None) -> None:
+    """Before anything runs: the metric is one the pipeline reports, every parameter a flag its stage accepts
+    (parsed by the stage's own command line, :func:`caef.stage_flags.check_stage_flags`) or a pipeline flag."""
+    from caef.pipeline import PipelineConfig
+    from caef.pipeline_cli import parse_args
+    from caef.stage_flags import check_stage_flags
+    from caef.stage_graph import LIGHTNING_STAGES, STAGES
+
+    points = grid_points(sweep["parameters"], local=False)
+    config_path = pipeline_argv(sweep, points[0], base)[0]
+    config = PipelineConfig.load(config_path)
+    metric = sweep.get("metric")
+    if metric is not None:
+        name = metric.get("name") if isinstance(metric, dict) else None
+        reported = reported_metrics(config.stages)
+        if name not in reported:
+            raise CaefError(
+                f"sweep file {path}: metric.name {name!r} is not a metric this pipeline reports ({config_path}); "
+                f"use one of: {', '.join(reported)}"
+            )
+    for name, spec in sweep["parameters"].items():
+        stage, _, key = name.partition(".")
+        values = _spec_values(spec)
+        if not key:  # a pipeline flag (--seed)
+            for value in values:
+                _check_pipeline_flag(path, name, value, [config_path, f"--{name}={_flag_value(value)}"], parse_args)
+            continue
+        if stage == "all":
+            stages = [s for s in config.stages if STAGES[s].command[0] in LIGHTNING_STAGES]
+        elif stage in config.stages:
+            stages = [stage]
+        else:
+            known = ", ".join([*config.stages, "all"])
+            raise CaefError(f"sweep file {path}: parameter {name!r}: no stage {stage!r} in {config_path} ({known})")
+        for target in stages:
+            flags = [f"--{key}={_flag_value(value)}" for value in values]
+            try:
+                for flag in flags:
+                    check_stage_flags(target, config.stages[target]["config"], [flag])
+            except CaefError as exc:
+                raise CaefError(f"sweep file {path}: parameter {name!r}: {exc}") from exc
+
+
+def _spec_values(spec: Any) -> list[Any]:
+    if "values" in spec:
+        return list(spec["values"])
+    if "value" in spec:
+        return [spec["value"]]
+    return [spec[k] for k in ("min", "max") if k in spec]
+
+
+def _check_pipeline_flag(path: str | Path, name: str, value: Any, argv: list[str], parse_args: Any) -> None:
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args, overrides = parse_args(argv)
+    except SystemExit:
+        reason = stderr.getvalue().strip().splitlines()[-1:] or ["rejected"]
+        raise CaefError(f"sweep file {path}: parameter {name!r} = {value!r}: {reason[0]}") from None
+    if name not in vars(args) or overrides:
+        raise CaefError(
+            f"sweep file {path}: parameter {name!r} is neither a `caef pipeline` flag nor a <stage>.<key> flag "
+            "(e.g. cgnet.model.masking_depth)"
+        )
+
+
 def run_local(
     path: str | Path, base: str | None, extra: Sequence[str], runs_root: str, jobs: int = 1, dry_run: bool = False
 ) -> list[dict]:
+    """Check the sweep, then run (or, with ``dry_run``, print without writing anything) every point."""
     from caef.pipeline import Pipeline, PipelineConfig
     from caef.pipeline_cli import parse_args
 
+    bound = [v for v in AGENT_VARIABLES if os.environ.get(v)]
+    if bound:
+        raise CaefError(
+            f"caef sweep --local runs its own grid, but {', '.join(bound)} is set (a `wandb agent` run): unset it, "
+            "or let the agent run `caef pipeline` (the sweep file's command)"
+        )
     sweep = load_sweep(path)
+    check_sweep(sweep, path, base)
     sweep_name = sweep.get("name") or Path(path).stem
     points = grid_points(sweep["parameters"])
     runs = []
@@ -101,11 +203,23 @@ def run_local(
         config.data_root = args.data_root or config.data_root
         runs.append((point, Pipeline(config, {s: o for s, o in overrides.items() if s in config.stages}), args))
     print(f"[caef sweep] {sweep_name}: {len(runs)} points", flush=True)
+    if dry_run:  # Pipeline.run(dry_run=True) would create the run folders
+        for point, pipeline, args in runs:
+            stages = pipeline.stages()
+            first = stages.index(args.start) if args.start else 0
+            last = stages.index(args.until) if args.until else len(stages) - 1
+            print(f"\n[caef sweep] {pipeline.run_dir} ({point})")
+            for stage in stages[first : last + 1]:
+                print(f"  caef {shlex.join(pipeline.argv(stage))}")
+        return []
 
     def one(item) -> dict:
         point, pipeline, args = item
         summary = pipeline.run(args.start, args.until, dry_run)
-        return {"point": point, "run": str(pipeline.run_dir)} | {m: summary.get(m) for m in METRICS}
+        wanted = dict.fromkeys([*METRICS, metric_of(sweep)])
+        return {"point": point, "run": str(pipeline.run_dir), "seed": summary.get("seed", pipeline.config.seed)} | {
+            m: summary.get(m) for m in wanted
+        }
 
     if jobs > 1:  # the shared first stage runs once before the points fan out
         first, rest = runs[0], runs[1:]
@@ -114,61 +228,10 @@ def run_local(
             results += list(pool.map(one, rest))
     else:
         results = [one(item) for item in runs]
-    if not dry_run:
-        out = Path(runs_root) / "sweeps" / sweep_name
-        write_results(out, sweep_name, sweep, results)
-        print(f"\n{format_table(results)}\n\n[caef sweep] table and plot in {out}")
+    out = Path(runs_root) / "sweeps" / sweep_name
+    data = write_results(out, sweep_name, sweep, results)
+    print(f"\n{format_tables(data)}\n\n[caef sweep] table and plot in {out}")
     return results
-
-
-def format_table(results: list[dict]) -> str:
-    names = list(results[0]["point"]) if results else []
-    metrics = [m for m in METRICS if any(r.get(m) is not None for r in results)]
-    header = "| " + " | ".join([*names, *metrics]) + " |"
-    lines = [header, "|" + "---|" * (len(names) + len(metrics))]
-    for r in results:
-        cells = [_flag_value(r["point"][n]) for n in names]
-        cells += ["-" if r.get(m) is None else f"{r[m]:.2f}" for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_results(out: Path, sweep_name: str, sweep: dict, results: list[dict]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {"sweep": sweep_name, "parameters": sweep["parameters"], "results": results})
-    with atomic_path(out / "table.md") as tmp:
-        Path(tmp).write_text(format_table(results) + "\n")
-    metric = (sweep.get("metric") or {}).get("name") or "cgnet_cam_miou"
-    plot_results(out / f"{metric}.png", results, metric)
-
-
-def plot_results(path: Path, results: list[dict], metric: str) -> None:
-    """Metric against the (first) swept parameter: a line for numbers, bars for names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not results:
-        return
-    name = next(iter(results[0]["point"]))
-    xs = [r["point"][name] for r in results]
-    ys = [r.get(metric) if r.get(metric) is not None else float("nan") for r in results]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-        ax.plot(xs, ys, marker="o")
-        ax.set_xticks(xs)
-    else:
-        ax.bar([str(x) for x in xs], ys)
-    for x, y in zip(xs if isinstance(xs[0], (int, float)) else range(len(xs)), ys):
-        ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
-    ax.set_xlabel(name)
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     if not args.local:
         sweep = load_sweep(args.file)
-        points = grid_points(sweep["parameters"])
+        check_sweep(sweep, args.file, args.base)
+        points = grid_points(sweep["parameters"], local=False)
         first = shlex.join(["pipeline", *pipeline_argv(sweep, points[0], args.base)])
         print(f"run it through W&B: wandb sweep {args.file}; wandb agent <id>\nor offline: caef sweep {args.file} "
               f"--local\n{len(points)} points; the first runs: caef {first}")  # fmt: skip
