@@ -67,6 +67,10 @@ def check_source(source: SegmentationSource, splits: list[str] | None = None, pr
         split_report = SplitReport(split)
         report.splits.append(split_report)
         try:
+            list_problems = source.split_list_problems(split)
+            if list_problems:  # every duplicate and malformed line at once; the entries are not checked further
+                split_report.problems += list_problems
+                continue
             ids = source.split_ids(split)
         except DataError as exc:
             split_report.problems.append(str(exc))

@@ -232,6 +232,12 @@ class COCOSource(SegmentationSource):
                         f"{record.get('file_name')!r}, expected '{prefix}<12 digits>.jpg'; is this a COCO 2014 "
                         "instances file of the right split?"
                     )
+                if stem in stems:  # one file listed as two images would be trained and scored twice
+                    raise DataError(
+                        f"coco: images {stems[stem]} and {coco_id} in {self.annotation_path(split)} both have "
+                        f"file_name {record.get('file_name')!r}; each image must be listed once (download the "
+                        "annotations again)"
+                    )
                 stems[stem] = coco_id
                 (ids if coco.imgToAnns.get(coco_id) else skipped).append(stem)
             self._index[split] = (sorted(ids), sorted(skipped), stems)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -100,6 +101,11 @@ class SegmentationSource(abc.ABC):
     def split_file(self, split: str) -> Path | None:
         """The file that lists ``split``, where the tree has one (named in messages about its entries)."""
         return None
+
+    def split_list_problems(self, split: str) -> list[str]:
+        """Every problem of the list of ``split`` itself (ids listed twice, lines of no known form), for
+        ``caef data check``; :meth:`split_ids` raises the first one."""
+        return []
 
     @cached_property
     def class_labels(self) -> dict[str, np.ndarray]:
@@ -222,6 +228,79 @@ class SegmentationSource(abc.ABC):
         if path is None:
             raise DataError(f"{self.name}: split {split!r} has no ground-truth masks (image {image_id!r})")
         return read_mask(path, self.num_classes)
+
+
+#: characters an image id cannot hold: it names files (``<id>.jpg``, ``<id>.png``, ``<id>.npz``), so no path
+#: separator and no dot (read as a suffix), and list lines are split at whitespace
+_ID_FORBIDDEN = re.compile(r"[\s/\\.]")
+_LIST_FORMS = "one image id per line (2007_000032), or SBD pairs (/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png)"
+
+
+def parse_split_list(path: str | Path) -> tuple[list[str], list[str]]:
+    """(ids in list order, problems) of a split list file: each line is a plain image id or an SBD-style pair of an
+    image and a mask path with the same file stem; blank lines are ignored. A problem (a line of another form, an id
+    the file names cannot hold, an id listed twice) names the list, the line(s) and the id; each id is kept once."""
+    path = Path(path)
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"cannot read split list {path}: {exc}; expected a UTF-8 text file with {_LIST_FORMS}"]
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 2:  # SBD pair: the id is the stem both paths share
+            names = [PurePosixPath(field).name for field in fields]
+            stems = {name.split(".")[0] for name in names}
+            image_id = stems.pop()
+            if stems or not image_id or any(name.count(".") != 1 for name in names) or _ID_FORBIDDEN.search(image_id):
+                problems.append(
+                    f"split list {path} line {number}: {line.strip()!r} is not an image/mask path pair of one id "
+                    f"(<id>.jpg <id>.png, ids without dots); expected {_LIST_FORMS}"
+                )
+                continue
+        elif len(fields) == 1:
+            image_id = fields[0]
+            if _ID_FORBIDDEN.search(image_id):
+                problems.append(
+                    f"split list {path} line {number}: id {image_id!r} cannot name an image (no '/', '\\' or '.' in "
+                    f"an id); expected {_LIST_FORMS}"
+                )
+                continue
+        else:
+            problems.append(
+                f"split list {path} line {number}: {len(fields)} fields in {line.strip()!r} (ids cannot hold spaces); "
+                f"expected {_LIST_FORMS}"
+            )
+            continue
+        if image_id in first_line:
+            problems.append(
+                f"split list {path}: id {image_id!r} is listed twice, on lines {first_line[image_id]} and {number} "
+                "(it would be trained and scored twice); remove one of them"
+            )
+            continue
+        first_line[image_id] = number
+        ids.append(image_id)
+    if not ids and not problems:
+        problems.append(f"split list {path} is empty; it should list one image id per line")
+    return ids, problems
+
+
+def read_split_list(path: str | Path) -> list[str]:
+    """The ids of a split list file; any problem :func:`parse_split_list` finds is a :class:`DataError` (the first
+    one, with how many more `caef data check` lists)."""
+    ids, problems = parse_split_list(path)
+    if problems:
+        more = (
+            f" ({len(problems) - 1} more problem(s) in this list: `caef data check` lists them)"
+            if len(problems) > 1
+            else ""
+        )
+        raise DataError(problems[0] + more)
+    return ids
 
 
 def probe_image(path: str | Path) -> tuple[int, int]:

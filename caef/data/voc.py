@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caef.data.source import SegmentationSource
+from caef.data.source import SegmentationSource, parse_split_list, read_split_list
 from caef.errors import DataError
 from caef.io import save_npz
 
@@ -91,11 +91,8 @@ class VOCSource(SegmentationSource):
 
     def split_ids(self, split: str) -> list[str]:
         if split not in self._ids:
-            path = self.split_list_path(split)
             # plain ids, or SBD-style "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" pairs
-            ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-            if not ids:
-                raise DataError(f"split list {path} is empty; it should list one image id per line")
+            ids = read_split_list(self.split_list_path(split))
             self._ids[split] = self._drop_bad_entries(split, ids)
         return self._ids[split]
 
@@ -104,6 +101,9 @@ class VOCSource(SegmentationSource):
             return self.split_list_path(split)
         except DataError:
             return None
+
+    def split_list_problems(self, split: str) -> list[str]:
+        return parse_split_list(self.split_list_path(split))[1]
 
     def image_path(self, image_id: str) -> Path:
         return self.voc_dir / "JPEGImages" / f"{image_id}.jpg"
