@@ -70,15 +70,13 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
     if times:
         lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {s} | {t} |" for s, t in times.items() if t]
     lines += _class_ap_table(summary)
-    if _plot_iou(run_dir / "iou_per_class.png", summary):
+    if _plot_iou(run_dir / "iou_per_class.png", summary, source.class_names):
         lines += ["", "## Per-class IoU", "", "![per-class IoU](iou_per_class.png)"]
     threshold = summary.get("cgnet_cam_threshold")
     if _plot_train_overlays(run_dir / "overlays_train.png", run_dir, source, threshold, num_images):
-        lines += ["", "## Scoring images", "", "image | ground truth | CGNet CAM | CRF seeds | pseudo label", "",
-                  "![train overlays](overlays_train.png)"]  # fmt: skip
+        lines += ["", "## Scoring images", "", "![train overlays](overlays_train.png)"]
     if _plot_val_overlays(run_dir / "overlays_val.png", run_dir, source, num_images):
-        lines += ["", "## Validation images", "", "image | ground truth | DeepLab (pseudo) | DeepLab (GT)", "",
-                  "![val overlays](overlays_val.png)"]  # fmt: skip
+        lines += ["", "## Validation images", "", "![val overlays](overlays_val.png)"]
     path = run_dir / "report.md"
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
@@ -93,21 +91,26 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_iou(path: Path, summary: dict) -> bool:
+def _plot_iou(path: Path, summary: dict, class_names: list[str] | tuple[str, ...] = ()) -> bool:
     import matplotlib.pyplot as plt
 
     series = [(label, summary[key]) for key, label in IOU_KEYS if isinstance(summary.get(key), dict)]
     if not series:
         return False
     classes = list(series[0][1])
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * len(series) / 3), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) * len(series) / 3), 3.8))
     width = 0.8 / len(series)
     for i, (label, iou) in enumerate(series):
         values = [_percent(iou.get(name)) for name in classes]
         ax.bar(np.arange(len(classes)) + (i - (len(series) - 1) / 2) * width, values, width, label=label)
     ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    palette, names = voc_palette(), list(class_names)
+    for name, tick in zip(classes, ax.get_xticklabels()):
+        if name in names:  # each class name on its colour in the overlays, so the figures read together
+            tick.set_bbox({"facecolor": palette[names.index(name)] / 255, "edgecolor": "none", "alpha": 0.5, "pad": 1})
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
+    ax.set_title("Per-class IoU by stage (DeepLab: val; the others: the scoring split)", fontsize=8)
     ax.legend(fontsize=7, ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -120,23 +123,52 @@ def _percent(value: float | None) -> float:
     return float("nan") if value is None else value * 100
 
 
-def _colour(mask: np.ndarray) -> np.ndarray:
-    palette = voc_palette()
-    return palette[np.where(mask == IGNORE_INDEX, 255, mask)]
+def label_grid(columns: list[str], rows: list[tuple[str, list]], class_names: list[str] | tuple[str, ...]):
+    """A figure of one row per image: its id on the left, one titled column per panel, and a legend of the colour of
+    every class that appears in the label maps (and of ``ignore`` / unsure pixels where there are any).
 
-
-def _grid(path: Path, rows: list[list[np.ndarray]]) -> None:
+    Each row is ``(image id, panels)``: the RGB image first, then (H, W) label maps (class index, 255 = ignore), one
+    per column; ``None`` marks a panel whose file is missing, drawn as such, so a column never shifts."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2 * cols, 2 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        for c in range(cols):
-            axes[r][c].axis("off")
-            if c < len(row):
-                axes[r][c].imshow(row[c])
-    fig.tight_layout()
-    _save(fig, path)
+    palette = voc_palette()
+    present: set[int] = set()
+    for image_id, panels in rows:
+        if len(panels) != len(columns):
+            raise ValueError(f"{image_id}: {len(panels)} panels for {len(columns)} columns {columns}")
+        for panel in panels[1:]:
+            if panel is not None:
+                present.update(np.unique(panel).tolist())
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(2 * len(columns), 2 * len(rows) + 0.8), squeeze=False, layout="constrained"
+    )
+    for r, (image_id, panels) in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if panel is None:
+                ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="grey")
+            else:
+                ax.imshow(panel if c == 0 else palette[panel])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+        axes[r][0].set_ylabel(image_id, fontsize=8)
+    names = list(class_names)
+    handles = [
+        Patch(facecolor=palette[index] / 255, edgecolor="black", linewidth=0.3, label=names[index])
+        for index in sorted(present)
+        if index < len(names)
+    ]
+    if IGNORE_INDEX in present:
+        handles.append(Patch(facecolor=palette[IGNORE_INDEX] / 255, edgecolor="black", linewidth=0.3,
+                             label="ignore / unsure"))  # fmt: skip
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    return fig
 
 
 def _plot_train_overlays(
@@ -151,20 +183,21 @@ def _plot_train_overlays(
     ids = [i for i in source.split_ids(split) if (run_dir / "pseudo" / f"{i}.png").is_file()][:num_images]
     if not ids:
         return False
+    cam_title = "CGNet CAM" if threshold is None else f"CGNet CAM (bg threshold {threshold:.2f})"
+    columns = ["image", "ground truth", cam_title, "CRF seeds", "pseudo label"]
     rows = []
     for image_id in ids:
-        truth = source.read_mask(image_id, split)
-        row = [source.read_image(image_id), _colour(truth)]
+        cam, seeds = None, None
         cam_file = run_dir / "cams" / "cgnet" / f"{image_id}.npz"
         if cam_file.is_file() and threshold is not None:
             cams, classes = load_cams(cam_file, source.num_classes)
-            row.append(_colour(threshold_cam_file(cams, classes, threshold)))
+            cam = threshold_cam_file(cams, classes, threshold)
         low, high = (run_dir / "seeds" / k / f"{image_id}.png" for k in ("low", "high"))
         if low.is_file() and high.is_file():
-            row.append(_colour(seed_map(read_mask(low, source.num_classes), read_mask(high, source.num_classes))))
-        row.append(_colour(read_mask(run_dir / "pseudo" / f"{image_id}.png", source.num_classes)))
-        rows.append(row)
-    _grid(path, rows)
+            seeds = seed_map(read_mask(low, source.num_classes), read_mask(high, source.num_classes))
+        pseudo = read_mask(run_dir / "pseudo" / f"{image_id}.png", source.num_classes)
+        rows.append((image_id, [source.read_image(image_id), source.read_mask(image_id, split), cam, seeds, pseudo]))
+    _save(label_grid(columns, rows, source.class_names), path)
     return True
 
 
@@ -174,24 +207,26 @@ def _plot_val_overlays(path: Path, run_dir: Path, source: SegmentationSource, nu
     from caef.data.transforms import eval_transform
     from caef.stages.deeplab import DeepLabModule
 
-    checkpoints = [run_dir / s / "last.ckpt" for s in ("deeplab", "fully_supervised")]
-    checkpoints = [c for c in checkpoints if c.is_file()]
+    titles = {"deeplab": "DeepLab (pseudo labels)", "fully_supervised": "DeepLab (ground truth)"}
+    checkpoints = [(title, run_dir / stage / "last.ckpt") for stage, title in titles.items()]
+    checkpoints = [(title, c) for title, c in checkpoints if c.is_file()]
     if not checkpoints or "val" not in source.splits or not source.has_masks("val"):
         return False
     models = []
-    for checkpoint in checkpoints:
+    for _, checkpoint in checkpoints:
         module = DeepLabModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
         models.append(module.eval())
     transform = eval_transform()
     rows = []
     for image_id in source.split_ids("val")[:num_images]:
         image = source.read_image(image_id)
-        row = [image, _colour(source.read_mask(image_id, "val"))]
+        panels = [image, source.read_mask(image_id, "val")]
         tensor = transform(image=image)["image"][None]
         with torch.no_grad():
             for model in models:
                 logits = torch.nn.functional.interpolate(model(tensor), size=image.shape[:2], mode="bilinear")
-                row.append(_colour(logits.argmax(1)[0].numpy().astype(np.uint8)))
-        rows.append(row)
-    _grid(path, rows)
+                panels.append(logits.argmax(1)[0].numpy().astype(np.uint8))
+        rows.append((image_id, panels))
+    columns = ["image", "ground truth", *(title for title, _ in checkpoints)]
+    _save(label_grid(columns, rows, source.class_names), path)
     return True
