@@ -18,7 +18,7 @@ import platform
 import shlex
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,57 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# -- running ---------------------------------------------------------------------------------------------------
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def run_benchmarks(
+    names: Sequence[str],
+    config,
+    device: torch.device,
+    channels_last: str = "auto",
+    peak: float | None = None,
+    before: Callable[[str], bool] | None = None,
+    after: Callable[[str, dict, dict, dict], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """Run the benchmarks ``names`` (crf first: its pool forks, so before CUDA is initialised); returns results,
+    errors (one line each) and the environment. ``before(name)`` may veto a benchmark (a time budget);
+    ``after(name, results, errors, env)`` sees each one as it finishes (to save incrementally)."""
+    from benchmarks import inference, refinement, training
+
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    env: dict[str, Any] = {}
+
+    def attempt(name: str, fn) -> None:
+        if name not in names or (before is not None and not before(name)):
+            return
+        print(f"  running {name} ...", flush=True)
+        try:
+            results[name] = fn()
+        except Exception as exc:  # one failing benchmark (OOM, missing library) must not lose the others
+            traceback.print_exc()
+            errors[name] = error_text(exc)
+        if after is not None:
+            after(name, results, errors, env)
+
+    attempt("crf", lambda: refinement.run_crf(config))
+    env.update(environment(device))
+    print(f"  device: {env['device_name']}", flush=True)
+    attempt("train", lambda: training.run(config, device, channels_last))
+    if "train" in results:
+        peak = peak or (peak_tflops(env["device_name"]) if device.type == "cuda" else None)
+        results["train"]["peak_tflops"] = peak
+        achieved = results["train"]["caef"]["achieved_tflops"]
+        results["train"]["mfu"] = achieved / peak if peak else None
+        if after is not None:
+            after("train", results, errors, env)
+    attempt("msf", lambda: inference.run(config, device, channels_last))
+    attempt("rw", lambda: refinement.run_random_walk(config, device))
+    return results, errors, env
+
+
 # -- main ------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -214,34 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"caef bench: {device.type}, config {config_name}, torch {torch.__version__}, {cpu_count()} cores, "
           f"{torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
 
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-
-    def attempt(name: str, fn) -> None:
-        if name not in args.only:
-            return
-        print(f"  running {name} ...", flush=True)
-        try:
-            results[name] = fn()
-        except Exception as exc:  # one failing benchmark (OOM, missing library) must not lose the others
-            traceback.print_exc()
-            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-    from benchmarks import inference, refinement, training
-
-    # The CRF pool forks: run it first, before this process initialises CUDA or starts torch's thread pools.
-    attempt("crf", lambda: refinement.run_crf(config))
-    env = environment(device)
-    print(f"  device: {env['device_name']}", flush=True)
-    attempt("train", lambda: training.run(config, device, args.channels_last))
-    if "train" in results:
-        peak = args.peak_tflops or (peak_tflops(env["device_name"]) if device.type == "cuda" else None)
-        results["train"]["peak_tflops"] = peak
-        achieved = results["train"]["caef"]["achieved_tflops"]
-        results["train"]["mfu"] = achieved / peak if peak else None
-    attempt("msf", lambda: inference.run(config, device, args.channels_last))
-    attempt("rw", lambda: refinement.run_random_walk(config, device))
-
+    results, errors, env = run_benchmarks(args.only, config, device, args.channels_last, args.peak_tflops)
     rows = table_rows(results, errors, env, config)
     print()
     print(format_table(rows))
@@ -260,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out
         if out is None:
             slug = f"{device.type}-{slugify(env['device_name'])}"
+            if device.type == "cuda":  # cuda-<gpu>.json is `make gpu-check`'s record, a superset of this one
+                slug += "-bench"
             if config_name != default_config:
                 slug += f"-{config_name}"
             if set(args.only) != set(BENCHMARKS):

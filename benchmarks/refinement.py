@@ -86,14 +86,15 @@ def crf_worker_counts() -> list[int]:
     return sorted({w for w in (1, 2, cores) if w <= cores})
 
 
-def run_crf(config: BenchConfig) -> dict[str, Any]:
-    """Images/s of ``run_crf_seeds`` for 1, 2 and all cores (each pool size on ``crf_images_per_worker x workers``
-    images, so every worker gets the same load; pool start-up is included, as in a real run)."""
+def run_crf(config: BenchConfig, worker_counts: list[int] | None = None) -> dict[str, Any]:
+    """Images/s of ``run_crf_seeds`` for 1, 2 and all cores, or ``worker_counts`` (each pool size on
+    ``crf_images_per_worker x workers`` images, so every worker gets the same load; pool start-up is included, as
+    in a real run)."""
     import pydensecrf.densecrf  # noqa: F401  (fail here, clearly, if the CRF library is missing)
 
     from caef.stages.crf import CRFSeedConfig, run_crf_seeds
 
-    counts = crf_worker_counts()
+    counts = worker_counts or crf_worker_counts()
     out: dict[str, Any] = {"height": config.image_height, "width": config.image_width, "cores": cpu_count()}
     runs = {}
     with tempfile.TemporaryDirectory(prefix="caef-bench-crf-") as tmp:
@@ -112,9 +113,9 @@ def run_crf(config: BenchConfig) -> dict[str, Any]:
             runs[str(workers)] = {
                 "images": count, "seconds": seconds, "images_per_s": count / median(seconds),
             }  # fmt: skip
-    serial = runs["1"]["images_per_s"]
+    serial = runs["1"]["images_per_s"] if "1" in runs else None
     for run in runs.values():
-        run["speedup_vs_1"] = run["images_per_s"] / serial
+        run["speedup_vs_1"] = run["images_per_s"] / serial if serial else None
     out["workers"] = runs
     return out
 
