@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo voc-full coco-full sweep-masking-depth bench data-check-voc data-check-coco clean clean-runs lock
+.PHONY: help install test test-all lint format demo voc-full coco-full sweep-masking-depth bench gpu-check data-check-voc data-check-coco clean clean-runs lock
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ sweep-masking-depth: $(STAMP)  ## d_m = 0..7 on the demo, offline (caef sweep --
 
 bench: $(STAMP)  ## caef vs the reference recipe side by side (train step, MSF CAMs, CRF, random walk); BENCH_ARGS="--config small"
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## one GPU in < 8 min: bench, bf16 vs fp32 CAMs, projected voc-full/coco-full time -> benchmarks/results/cuda-<gpu>.json
+	$(BIN)/python -m benchmarks.gpu_check
 
 data-check-voc: $(STAMP)  ## validate data/VOCdevkit (or VOC_ROOT=...) before a long run
 	$(BIN)/caef data check --dataset voc --root $${VOC_ROOT:-data}
