@@ -25,6 +25,10 @@ from caef.stages.affinity_labels import pairwise_affinity
 HEAD_CHANNELS = (64, 128, 256)
 FEATURE_STRIDE = 8
 _CAM_CHECKPOINT_PREFIX = "net.backbone."
+INIT_CHECKPOINT_HELP = (
+    "pass a caef classifier/CGNet checkpoint (runs/<name>/cgnet/last.ckpt) or PSA's trained AffinityNet res38_aff.pth "
+    "(https://github.com/jiwoon-ahn/psa); trunk-only weights (ImageNet, res38_cls.pth) go to model.pretrained"
+)
 
 
 def stage_strides(backbone: Backbone, probe_size: int = 64) -> tuple[int, ...]:
@@ -45,9 +49,12 @@ def stage_strides(backbone: Backbone, probe_size: int = 64) -> tuple[int, ...]:
 def affinity_depths(backbone: Backbone) -> tuple[int, int, int]:
     """The three stages (1-based) AffinityNet's head reads.
 
-    ResNet-38: stages 4, 5 and 7 (b4, b5 and b7+bn7, 512/1024/4096 channels at full width) -- PSA's ``conv4``,
-    ``conv5`` and ``conv6``; the b6 bottleneck is skipped as in PSA. Any other backbone: the last three stages whose
-    output stride is 8 (torchvision ResNets: layer2..layer4; VGG-16: conv blocks 3..5).
+    ResNet-38: stages 4, 5 and 7 (512/1024/4096 channels at full width), read as PSA's ``conv4``, ``conv5`` and
+    ``conv6``: the BN-and-ReLU'd *inputs* of blocks b5 and b6 (``relu(b5.bn_branch2a(out_4))``,
+    ``relu(b6.bn_branch2a(out_5))``) and the final ``relu(bn7(b7))``, not the raw residual stream (see
+    :meth:`caef.models.backbones.Backbone.activated_stages`). Any other backbone: the outputs of its last three
+    stride-8 stages (torchvision ResNets: layer2..layer4; VGG-16: conv blocks 3..5), which already end in a ReLU:
+    the same "activated input of the next stage" as PSA's taps.
     """
     from caef.models.backbones.resnet38 import ResNet38
 
@@ -97,7 +104,7 @@ class AffinityNet(nn.Module):
         return [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
     def forward(self, x: Tensor) -> Tensor:
-        taps = self.backbone.forward_stages(x, self.depths)
+        taps = self.backbone.activated_stages(x, self.depths)
         reduced = [F.elu(conv(taps[d])) for conv, d in zip((self.f8_3, self.f8_4, self.f8_5), self.depths)]
         return F.elu(self.f9(torch.cat(reduced, dim=1)))
 
@@ -117,6 +124,36 @@ class AffinityNet(nn.Module):
         _, state = read_cam_trunk(path)
         check_state_dict(self.backbone, state, path, what="CAM checkpoint (AffinityNet trunk init)")
         self.backbone.load_state_dict(state)
+
+    def load_init_checkpoint(self, path: str | Path) -> None:
+        """``model.init_checkpoint``: a caef classifier / CGNet checkpoint (trunk only, the head stays fresh) or PSA's
+        trained AffinityNet ``res38_aff.pth`` (trunk and head, :func:`convert_psa_affinity_state_dict`)."""
+        from caef.checkpoints import read_checkpoint
+
+        path = Path(path)
+        raw = read_checkpoint(path, "model.init_checkpoint", INIT_CHECKPOINT_HELP)
+        if isinstance(raw, dict) and "hyper_parameters" in raw:
+            self.load_cam_checkpoint(path)
+        else:
+            self.load_psa_affinity_state(raw, path)
+
+    def load_psa_affinity_state(self, raw: Any, path: Path) -> None:
+        """Load PSA's ``network.resnet38_aff.Net`` state dict (``res38_aff.pth``): trunk and f8_3/f8_4/f8_5/f9."""
+        from caef.checkpoints import check_state_dict
+
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+            raw = raw["state_dict"]
+        if not isinstance(raw, dict) or not any(str(k).endswith("f9.weight") for k in raw):
+            raise CaefError(
+                f"{path} is not a caef classifier/CGNet checkpoint nor a PSA AffinityNet state dict (no f9.weight); "
+                f"{INIT_CHECKPOINT_HELP}"
+            )
+        state = convert_psa_affinity_state_dict(raw)
+        for key, value in self.state_dict().items():  # PyTorch 0.4-era files lack BatchNorm step counters
+            if key.endswith("num_batches_tracked"):
+                state.setdefault(key, value)
+        check_state_dict(self, state, path, what="PSA AffinityNet")
+        self.load_state_dict(state)
 
     @classmethod
     def from_cam_checkpoint(cls, path: str | Path, depths: Sequence[int] | None = None, **overrides: Any):
@@ -151,6 +188,24 @@ def read_cam_trunk(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             "PSA/OC-CSE .pth files and ImageNet weights go to model.pretrained instead"
         )
     return checkpoint["hyper_parameters"], trunk
+
+
+def convert_psa_affinity_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """PSA ``resnet38_aff.Net`` keys -> caef :class:`AffinityNet` keys: trunk ``conv1a.weight`` ... ``bn7.*`` go
+    under ``backbone.``; the head (``f8_3``, ``f8_4``, ``f8_5``, ``f9``) keeps its names; ``module.`` prefixes
+    (DataParallel) are stripped and other keys dropped."""
+    from caef.models.backbones.resnet38 import is_trunk_key
+
+    converted: dict[str, Tensor] = {}
+    for key, value in state.items():
+        key = str(key)
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        if key.split(".", 1)[0] in ("f8_3", "f8_4", "f8_5", "f9"):
+            converted[key] = value
+        elif is_trunk_key(key):
+            converted[f"backbone.{key}"] = value
+    return converted
 
 
 def build_affinity_net(

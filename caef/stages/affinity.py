@@ -37,9 +37,12 @@ class AffinityNetModule(pl.LightningModule):
         backbone, pretrained, backbone_options: the trunk, as for the CAM networks (e.g. ResNet-38 from the
             ImageNet ``.params``, or PSA's ``res38_cls.pth``).
         init_checkpoint: a caef classifier / CGNet ``.ckpt`` whose trunk initialises AffinityNet's (the pipeline
-            passes ``--model.init_checkpoint=<run_dir>/cgnet/last.ckpt``); loaded after ``pretrained``.
-        feature_depths: the three backbone stages the head reads (default: ResNet-38 4/5/7, as PSA; otherwise the
-            last three stride-8 stages, see :func:`caef.models.affinity_net.affinity_depths`).
+            passes ``--model.init_checkpoint=<run_dir>/cgnet/last.ckpt``), or PSA's trained AffinityNet
+            ``res38_aff.pth`` (trunk and head: ``caef affinity predict`` with it runs PSA's random walk features);
+            loaded after ``pretrained``.
+        feature_depths: the three backbone stages the head reads (default: ResNet-38 4/5/7 as PSA's taps, the
+            BN-and-ReLU'd inputs of b5 and b6 and the final features; otherwise the last three stride-8 stages, see
+            :func:`caef.models.affinity_net.affinity_depths`).
         radius: pair radius on the stride-8 grid (PSA: 5, 34 pairs per cell).
         lr, weight_decay, momentum, poly_power: SGD with poly decay, as :class:`caef.stages.cam_module.CAMModule`.
             PSA's ``train_aff.py`` default lr 0.1 is its VGG-16 setting; for ResNet-38 0.01 is used (as SEAM and
@@ -74,7 +77,7 @@ class AffinityNetModule(pl.LightningModule):
             backbone, pretrained=pretrained, depths=feature_depths, **(backbone_options or {})
         )
         if init_checkpoint:
-            self.net.load_cam_checkpoint(init_checkpoint)
+            self.net.load_init_checkpoint(init_checkpoint)
         self.radius = radius
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:

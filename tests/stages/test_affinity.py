@@ -57,6 +57,44 @@ def test_head_taps_and_feature_shape(backbone, options, depths):
     assert features.shape == (2, 448, 5, 7) and net.out_channels == 448
 
 
+def test_resnet38_taps_are_the_bn_relu_inputs_of_blocks_b5_and_b6():
+    """PSA's conv4 / conv5 are relu(b5.bn_branch2a(x)) and relu(b6.bn_branch2a(x)) of the stage-4 / stage-5
+    outputs (``get_x_bn_relu``), conv6 the final relu(bn7(.)); not the raw residual stream of stages 4 and 5."""
+    torch.manual_seed(0)
+    net = build_affinity_net("resnet38", **SMALL).eval()
+    trunk = net.backbone
+    for module in trunk.modules():  # non-trivial BN statistics, so BN+ReLU differs from the raw stream
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        raw = trunk.forward_stages(x, (4, 5, 7))
+        taps = trunk.activated_stages(x, (4, 5, 7))
+        expected = {
+            4: torch.relu(trunk.b5.bn_branch2a(raw[4])),
+            5: torch.relu(trunk.b6.bn_branch2a(raw[5])),
+            7: raw[7],
+        }
+        for depth in (4, 5, 7):
+            torch.testing.assert_close(taps[depth], expected[depth], rtol=0, atol=0)
+        assert not torch.allclose(taps[4], raw[4]) and not torch.allclose(taps[5], raw[5])
+        features = net(x)
+        head = [net.f8_3, net.f8_4, net.f8_5]
+        reduced = [torch.nn.functional.elu(conv(expected[d])) for conv, d in zip(head, (4, 5, 7))]
+        torch.testing.assert_close(features, torch.nn.functional.elu(net.f9(torch.cat(reduced, 1))))
+
+
+def test_resnet38_taps_run_batchnorm_once_in_training_mode():
+    """The taps are read by hooks: a training step updates each BatchNorm's running statistics once."""
+    net = build_affinity_net("resnet38", **SMALL, freeze_bn=False).train()
+    net(torch.randn(2, 3, 32, 32))
+    assert int(net.backbone.b5.bn_branch2a.num_batches_tracked) == 1
+    assert int(net.backbone.b6.bn_branch2a.num_batches_tracked) == 1
+
+
 def test_stride_probe_keeps_mode_and_statistics():
     backbone = build_backbone("resnet18")
     backbone.train()
@@ -167,11 +205,40 @@ def test_init_checkpoint_errors_name_the_file(tmp_path):
     save_classifier_ckpt(path, width=0.125)
     with pytest.raises(CaefError, match=f"{path.name} does not match .*shape mismatches.*width"):
         small_module(init_checkpoint=str(path))
-    with pytest.raises(CaefError, match="CAM checkpoint not found: .*missing.ckpt"):
+    with pytest.raises(CaefError, match="model.init_checkpoint not found: .*missing.ckpt.*res38_aff.pth"):
         small_module(init_checkpoint=str(tmp_path / "missing.ckpt"))
     torch.save(build_affinity_net("resnet38", **SMALL).backbone.state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(CaefError, match="plain.pth is not a caef classifier/CGNet checkpoint.*model.pretrained"):
+    with pytest.raises(CaefError, match="plain.pth is not a caef .* nor a PSA AffinityNet .*model.pretrained"):
         small_module(init_checkpoint=str(tmp_path / "plain.pth"))
+
+
+def psa_affinity_state_dict(net: AffinityNet, prefix: str = "module.") -> dict:
+    """What PSA's ``torch.save(model.state_dict())`` of a DataParallel ``resnet38_aff.Net`` holds: PSA's names
+    (conv1a.weight, b4_5.bn_branch2a.running_mean, ..., bn7.*, f8_3.weight ... f9.weight), no BN step counters."""
+    state = {}
+    for key, value in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        state[prefix + key.removeprefix("backbone.")] = torch.randn_like(value.float()).to(value.dtype)
+    return state
+
+
+def test_a_psa_affinity_state_dict_round_trips_into_affinitynet(tmp_path):
+    """PSA's res38_aff.pth (trunk + f8_3/f8_4/f8_5/f9) loads as model.init_checkpoint: every tensor lands where
+    PSA's name says, so `caef affinity predict` computes PSA's affinities."""
+    torch.manual_seed(0)
+    state = psa_affinity_state_dict(build_affinity_net("resnet38", **SMALL))
+    assert "module.b5.bn_branch2a.running_var" in state and "module.f9.weight" in state
+    torch.save(state, tmp_path / "res38_aff.pth")
+    module = small_module(init_checkpoint=str(tmp_path / "res38_aff.pth"))
+    loaded = module.net.state_dict()
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        target = name if name.startswith(("f8_", "f9.")) else f"backbone.{name}"
+        assert torch.equal(loaded[target], value), key
+    torch.save(psa_affinity_state_dict(build_affinity_net("resnet38", width=0.125)), tmp_path / "wide.pth")
+    with pytest.raises(CaefError, match="wide.pth does not match .*shape mismatches"):
+        small_module(init_checkpoint=str(tmp_path / "wide.pth"))
 
 
 # -- the CLI ---------------------------------------------------------------------------------------------

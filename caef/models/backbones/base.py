@@ -73,6 +73,15 @@ class Backbone(nn.Module, abc.ABC):
                 break
         return out
 
+    def activated_stages(self, x: Tensor, depths: Sequence[int]) -> dict[int, Tensor]:
+        """Feature taps of the requested stages as the *next* stage sees them (AffinityNet's inputs).
+
+        Post-activation backbones (torchvision ResNets, VGG-16) end every stage with a ReLU, so this is the stage
+        output. Pre-activation ResNet-38 overrides it: its stage outputs are a raw residual stream, and PSA taps
+        the BN-and-ReLU'd input of the next block instead.
+        """
+        return self.forward_stages(x, depths)
+
     def check_depth(self, depth: int, allow_zero: bool = True) -> None:
         """A ValueError unless ``depth`` names a stage (1..num_stages) or, with ``allow_zero``, the image (0)."""
         low = 0 if allow_zero else 1

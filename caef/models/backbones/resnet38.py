@@ -174,6 +174,33 @@ class ResNet38(Backbone):
     def stage_modules(self) -> Sequence[nn.Module]:
         return self._stages
 
+    def activated_stages(self, x: Tensor, depths: Sequence[int]) -> dict[int, Tensor]:
+        """PSA's taps (``resnet38d.forward_as_dict`` with ``get_x_bn_relu``): for stage ``d < 7``,
+        ``relu(bn_branch2a(out_d))`` inside the first block of stage ``d + 1`` (PSA's ``conv4`` is b5's, ``conv5``
+        b6's); for stage 7 its output ``relu(bn7(b7))`` (PSA's ``conv6``). The BN output is read by a forward hook
+        while the trunk runs, so nothing is computed twice (nor are BatchNorm statistics updated twice)."""
+        wanted = set(depths)
+        for depth in wanted:
+            self.check_depth(depth, allow_zero=False)
+        taps: dict[int, Tensor] = {}
+        handles = []
+        for depth in wanted - {self.num_stages}:
+            norm = getattr(self, f"b{depth + 1}").bn_branch2a
+
+            def keep(_module: nn.Module, _inputs: Any, output: Tensor, depth: int = depth) -> None:
+                taps[depth] = F.relu(output)
+
+            handles.append(norm.register_forward_hook(keep))
+        try:
+            last = max(depth + 1 if depth < self.num_stages else depth for depth in wanted)
+            outputs = self.forward_stages(x, [last])
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.num_stages in wanted:
+            taps[self.num_stages] = outputs[self.num_stages]
+        return {depth: taps[depth] for depth in sorted(wanted)}
+
     # -- weights ---------------------------------------------------------------------------------------
     def load_pretrained(self, path: str | PathLike) -> None:
         """Load trunk weights from an ademxapp ``.params`` or a PSA/OC-CSE/caef ``.pth``/``.pt``/``.ckpt``;
