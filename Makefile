@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format demo voc-full coco-full sweep-masking-depth bench gpu-check data-check-voc data-check-coco clean clean-runs lock
+.PHONY: help install test test-all lint format demo fashion voc-full coco-full sweep-masking-depth bench gpu-check data-check-voc data-check-coco clean clean-runs lock
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ format: $(STAMP)  ## ruff format
 
 demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~19 min): runs/$(RUN)/summary.json + report.md
 	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)
+
+fashion: $(STAMP)  ## the pipeline on scenes of Fashion-MNIST objects (CPU): writes data/fashion first; runs/fashion/
+	test -f data/fashion/caef_scenes.json || $(BIN)/caef data scenes --out data/fashion
+	$(BIN)/caef pipeline experiments/fashion.yaml $(ARGS)
 
 voc-full: $(STAMP)  ## the paper's VOC 2012 protocol, ResNet-38 (needs data/VOCdevkit + SBD, or VOC_ROOT=...)
 	$(BIN)/caef pipeline experiments/voc_full.yaml --data_root $${VOC_ROOT:-data} $(ARGS)

@@ -17,6 +17,7 @@ from caef.data.scenes.idx import read_object_sets
 from caef.errors import DataError
 
 NAMES = "ring,square,bar"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
@@ -186,3 +187,21 @@ def test_labels_beyond_the_class_names_are_an_error(tmp_path):
     with pytest.raises(DataError, match="class_names"):
         generate_scenes(tmp_path / "out", tiny(class_names="T-shirt/top,b,c"), source, progress=False)
     assert ScenesConfig().names()[0] == "tshirt_top" and len(ScenesConfig().names()) == 10
+
+
+@pytest.mark.parametrize("stage", ["classifier", "affinity", "deeplab"])
+def test_fashion_stage_configs_read_a_scene_tree(stage, tmp_path):
+    """The fashion configs read a scene tree as VOC (classes from its classes.txt); the CGNet's is covered with the
+    other CAM-stage configs (tests/stages/test_stage_cli.py)."""
+    from caef.cli import stage_cli
+
+    generate_scenes(tmp_path / "tree", tiny(), write_source(tmp_path / "src"), progress=False)
+    args = [
+        "--config",
+        f"experiments/{stage}/fashion.yaml",
+        f"--run_dir={tmp_path}",
+        f"--data.root={tmp_path / 'tree'}",
+    ]
+    args += ["--trainer.logger=false", "--data.num_workers=0"]
+    cli = stage_cli(stage, args, run=False)
+    assert cli.model.hparams.num_classes == 4 and cli.datamodule.class_names[1:] == tuple(NAMES.split(","))
