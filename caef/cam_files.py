@@ -6,6 +6,7 @@ and ``classes`` (K,) int16, their class indices (1..C-1, background = 0 is never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,18 @@ def save_cams(path: str | Path, cams: torch.Tensor, label: torch.Tensor) -> None
     )
 
 
-def load_cams(path: str | Path, num_classes: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_cams(
+    path: str | Path,
+    num_classes: int,
+    size: tuple[int, int] | None = None,
+    label: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(cams float32 (K, H, W), classes int64 (K,)); checks the arrays, their shapes, the class ids (distinct, in
-    ``1..num_classes-1``), finiteness and (optionally) the size ``(H, W)`` of the image. Every problem is a
-    :class:`DataError` naming the file."""
+    ``1..num_classes-1``), finiteness and (optionally) the size ``(H, W)`` of the image and, given the image's
+    multi-hot ``label`` (C-1,), that the file holds exactly the image's labelled classes: CAMs of another image or
+    dataset with as many classes would otherwise pass every other check. Every problem is a :class:`DataError`
+    naming the file (and, for a class mismatch, both class lists, by name where ``class_names`` are given)."""
     path = Path(path)
     redo = "delete it and re-run CAM prediction (`caef cgnet predict`)"
     if not path.is_file():
@@ -67,4 +76,18 @@ def load_cams(path: str | Path, num_classes: int, size: tuple[int, int] | None =
         )
     if not np.isfinite(cams).all():
         raise DataError(f"CAM file {path} holds NaN or infinite values (a diverged network?); {redo}")
+    if label is not None:
+        expected = np.flatnonzero(np.asarray(label) > 0) + 1
+        if sorted(classes.tolist()) != expected.tolist():
+            raise DataError(
+                f"CAM file {path} holds the classes {_named(classes, class_names)} but its image is labelled "
+                f"{_named(expected, class_names)}: is it from another image or dataset? {redo}"
+            )
     return cams, classes
+
+
+def _named(classes: Sequence[int] | np.ndarray, class_names: Sequence[str] | None) -> str:
+    ids = sorted(int(c) for c in classes)
+    if class_names is None:
+        return str(ids)
+    return "[" + ", ".join(f"{c} {class_names[c]}" if c < len(class_names) else str(c) for c in ids) + "]"

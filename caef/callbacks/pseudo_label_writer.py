@@ -77,7 +77,11 @@ class PseudoLabelWriter(BasePredictionWriter):
             out = self.output_dir / f"{image_id}.png"
             if out.is_file() and not self.overwrite:
                 continue
-            cams, classes = load_cams(self.cam_dir / f"{image_id}.npz", num_classes, size=(height, width))
+            source = datamodule.source
+            cams, classes = load_cams(
+                self.cam_dir / f"{image_id}.npz", num_classes, (height, width), source.label_of(image_id),
+                source.class_names,
+            )  # fmt: skip
             scores = walked_scores(
                 torch.from_numpy(cams), features, self.alpha, self.beta, self.logt,
                 radius=self.radius or pl_module.hparams.radius,

@@ -113,10 +113,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _seed_one(task: tuple) -> str:
     """Worker: both seed masks of one image. Errors name the image id and files (the traceback stays in the pool)."""
-    image_id, image_path, cam_path, outputs, num_classes, config, palette = task
+    image_id, image_path, cam_path, outputs, label, class_names, config, palette = task
     try:
         image = read_image(image_path)
-        cams, classes = load_cams(cam_path, num_classes, size=image.shape[:2])
+        cams, classes = load_cams(cam_path, len(class_names), image.shape[:2], label, class_names)
         for alpha, out in zip((config.low_alpha, config.high_alpha), outputs):
             write_mask(out, crf_labels(image, cams, classes, alpha, **config.crf_params()), palette)
     except CaefError:
@@ -163,8 +163,8 @@ def run_crf_seeds(
             skipped += 1
             continue
         tasks.append(
-            (image_id, source.image_path(image_id), cam_dir / f"{image_id}.npz", outputs, source.num_classes, config,
-             source.palette)
+            (image_id, source.image_path(image_id), cam_dir / f"{image_id}.npz", outputs, source.label_of(image_id),
+             source.class_names, config, source.palette)
         )  # fmt: skip
     workers = min(workers or _cpu_count(), len(tasks))
     bar = tqdm(total=len(tasks), desc=f"crf seeds {split} {index}/{count}", unit="img", disable=not progress)
