@@ -29,7 +29,7 @@ from caef.errors import CaefError
 from caef.io import read_yaml_mapping
 from caef.pipeline_tracking import RUN_BINDING_VARIABLES
 from caef.reported_metrics import reported_metrics
-from caef.sweep_results import METRICS, format_tables, metric_of, write_results
+from caef.sweep_results import METRICS, format_tables, metric_of, per_class_key, write_results
 
 #: set by `wandb agent` for the run it started; `caef sweep --local` is not such a run
 AGENT_VARIABLES = tuple(v for v in RUN_BINDING_VARIABLES if v in ("WANDB_RUN_ID", "WANDB_SWEEP_ID"))
@@ -216,7 +216,8 @@ def run_local(
     def one(item) -> dict:
         point, pipeline, args = item
         summary = pipeline.run(args.start, args.until, dry_run)
-        wanted = dict.fromkeys([*METRICS, metric_of(sweep)])
+        wanted = dict.fromkeys([*METRICS, metric_of(sweep), per_class_key(metric_of(sweep))])
+        wanted.pop(None, None)  # a metric without per-class values
         return {"point": point, "run": str(pipeline.run_dir), "seed": summary.get("seed", pipeline.config.seed)} | {
             m: summary.get(m) for m in wanted
         }

@@ -59,6 +59,24 @@ def reference(results: Sequence[dict]) -> dict[str, Any]:
     return {"metric": REFERENCE} | stats(list(per_seed.values()))
 
 
+def per_class_key(metric: str) -> str | None:
+    """``cgnet_cam_miou`` -> ``cgnet_cam_iou``: the summary's per-class IoU (0-1) behind an mIoU."""
+    return metric.removesuffix("_miou") + "_iou" if metric.endswith("_miou") else None
+
+
+def per_class(results: Sequence[dict], metric: str) -> list[dict]:
+    """Per value of the swept parameters: each class's IoU (0-1), mean over the seeds that defined it."""
+    key, names, rows = per_class_key(metric), swept(results), {}
+    for r in results:
+        if key and isinstance(r.get(key), dict):
+            row = rows.setdefault(tuple(_hashable(r["point"][n]) for n in names), {
+                "params": {n: r["point"][n] for n in names}, "values": {}})  # fmt: skip
+            for name, value in r[key].items():
+                row["values"].setdefault(name, []).append(value)
+    return [{"params": row["params"], "iou": {c: stats(v)["mean"] for c, v in row["values"].items()}}
+            for row in rows.values()]  # fmt: skip
+
+
 def metric_of(sweep: dict) -> str:
     return ((sweep.get("metric") or {}).get("name")) or "cgnet_cam_miou"
 
@@ -74,6 +92,7 @@ def write_results(out: Path, sweep_name: str, sweep: dict, results: list[dict]) 
         "results": results,
         "by_value": aggregate(results, metrics),
         "reference": reference(results),
+        "per_class": per_class(results, metric),
     }
     write_json(out / "results.json", data)
     with atomic_path(out / "table.md") as tmp:
@@ -98,6 +117,7 @@ def load_results(path: str | Path) -> dict:
     data.setdefault("metric", "cgnet_cam_miou")
     data.setdefault("by_value", aggregate(data["results"], tuple(dict.fromkeys([*METRICS, data["metric"]]))))
     data.setdefault("reference", reference(data["results"]))
+    data.setdefault("per_class", per_class(data["results"], data["metric"]))
     return data
 
 
@@ -125,6 +145,15 @@ def format_tables(data: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if ref["n"]:
         lines += ["", f"Reference: ordinary classifier CAM mIoU {_mean_std(ref)} (n = {ref['n']} seeds)"]
+    rows = data.get("per_class") or []
+    if rows:
+        classes = list(rows[0]["iou"])
+        lines += ["", f"Per-class `{per_class_key(data['metric'])}` (IoU 0-1, mean over seeds)", ""]
+        lines += ["| " + " | ".join([*names, *classes]) + " |", "|" + "---|" * (len(names) + len(classes))]
+        for row in rows:
+            cells = [_text(row["params"][n]) for n in names]
+            cells += ["-" if row["iou"].get(c) is None else f"{row['iou'][c]:.3f}" for c in classes]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
