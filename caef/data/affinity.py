@@ -1,10 +1,12 @@
 """AffinityNet data: augmented images with their seed label grid (training), whole images (feature export).
 
 The seeds are the two CRF label maps of ``caef crf`` (``<seed_dir>/low/<id>.png`` and ``<seed_dir>/high/<id>.png``).
-Image and both maps are augmented together (the maps stacked as one two-channel mask: nearest resize, same flip
-and crop, crop padding 255), then each map is sampled on the stride-8 grid of the crop and they are combined by
-PSA's rule (:func:`caef.stages.affinity_labels.seed_label_map`): foreground from ``low``, background from
-``high``, everything else 255. PSA averages the CRF *scores* over each 8x8 cell instead; caef keeps hard labels
+Image and both maps are augmented together by one albumentations pipeline (the maps stacked as one two-channel
+mask: same crop and flip, crop padding 255). The defaults are PSA's ``train_aff.py`` recipe: no resize, colour jitter
+(0.3, 0.3, 0.3, 0.1), a joint random 448 crop padded with black pixels, a joint horizontal flip. Each map is then
+sampled on the stride-8 grid of the crop and they are combined by PSA's rule
+(:func:`caef.stages.affinity_labels.seed_label_map`): foreground from ``low``, background from ``high``, everything
+else 255. PSA averages the CRF *scores* over each 8x8 cell instead; caef keeps hard labels
 (see :func:`caef.stages.affinity_labels.downsample_labels`).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -93,7 +96,8 @@ class AffinityDataModule(WSSSDataModule):
         seed_dir: folder holding ``low/`` and ``high/`` seed PNGs from ``caef crf --out-dir``; needed for ``fit``
             only: pass ``--data.seed_dir=runs/<name>/seeds``.
         stride: output stride of the features (8 for every caef backbone).
-        crop_size, resize_long, flip, color_jitter: training augmentation (defaults: crop 448, long side 256-512).
+        crop_size, resize_long, flip, color_jitter, crop_fill: training augmentation (defaults: PSA's, crop 448 padded
+            black, no resize; the CPU demo resizes its 128 px images).
     """
 
     def __init__(
@@ -111,13 +115,14 @@ class AffinityDataModule(WSSSDataModule):
         seed_dir: str | None = None,
         stride: int = 8,
         crop_size: int = 448,
-        resize_long: tuple[int, int] | None = (256, 512),
+        resize_long: tuple[int, int] | None = None,
         flip: bool = True,
         color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1),
+        crop_fill: Literal["mean", "black"] = "black",
     ):
         super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth, skip_bad)
         self.train_split, self.predict_split, self.seed_dir, self.stride = train_split, predict_split, seed_dir, stride
-        self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter)
+        self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter, crop_fill)
 
     def train_dataset(self) -> AffinityDataset:
         if not self.seed_dir:

@@ -2,13 +2,16 @@
 
 Training (OC-CSE ``build_dataset``): random long-side resize in ``resize_long`` (bicubic), horizontal flip,
 colour jitter (0.3, 0.3, 0.3, 0.1), ImageNet normalisation, then a random crop padded with 0 in
-*normalised* space (the mean colour) for the image and 255 (ignore) for masks.
+*normalised* space (the mean colour) for the image and 255 (ignore) for masks. PSA's AffinityNet recipe
+(``train_aff.py``) has no resize and pads its crop with black pixels (0 before normalisation):
+``resize_long=None, crop_fill="black"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import albumentations as A
 import cv2
@@ -30,12 +33,15 @@ class AugmentationConfig:
     resize_long: tuple[int, int] | None = (256, 448)
     flip: bool = True
     color_jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.1)
+    crop_fill: Literal["mean", "black"] = "mean"  # image padding of the crop: OC-CSE's mean colour, PSA's black
 
     def __post_init__(self) -> None:
         if self.resize_long is not None and not 0 < self.resize_long[0] <= self.resize_long[1]:
             raise ValueError(f"resize_long must be (low, high) with 0 < low <= high, got {self.resize_long}")
         if self.crop_size <= 0:
             raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+        if self.crop_fill not in ("mean", "black"):
+            raise ValueError(f"crop_fill must be 'mean' or 'black', got {self.crop_fill!r}")
 
 
 def train_transform(config: AugmentationConfig) -> A.Compose:
@@ -53,20 +59,20 @@ def train_transform(config: AugmentationConfig) -> A.Compose:
     if config.color_jitter is not None:
         brightness, contrast, saturation, hue = config.color_jitter
         steps.append(A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=1.0))
-    steps += [
-        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
+    normalize = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)
+    crop = [
         A.PadIfNeeded(
             min_height=config.crop_size,
             min_width=config.crop_size,
             position="random",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
+            fill=0,  # in normalised space (after normalize) the mean colour; in pixels (before) black
             fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(config.crop_size, config.crop_size),
-        ToTensorV2(),
     ]
-    return A.Compose(steps)
+    steps += [normalize, *crop] if config.crop_fill == "mean" else [*crop, normalize]
+    return A.Compose([*steps, ToTensorV2()])
 
 
 def eval_transform() -> A.Compose:

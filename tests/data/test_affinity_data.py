@@ -147,3 +147,34 @@ def test_datamodule_needs_a_seed_dir_to_train(tree: dict) -> None:
     with pytest.raises(DataError, match="data.seed_dir is not set.*--data.seed_dir"):
         dm.train_dataloader()
     assert len(dm.predict_dataloader()) >= 1  # exporting features needs no seeds
+
+
+@pytest.mark.parametrize("config", ["voc.yaml", "coco.yaml"])
+def test_voc_and_coco_affinity_recipe_is_psas_no_resize(config: str) -> None:
+    """PSA's train_aff.py: no resize, ColorJitter(0.3, 0.3, 0.3, 0.1), joint 448 crop padded black, joint flip."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "affinity" / config
+    data = yaml.safe_load(path.read_text())["data"]
+    assert data["resize_long"] is None
+    assert data["crop_size"] == 448 and data["crop_fill"] == "black"
+    assert data["color_jitter"] == [0.3, 0.3, 0.3, 0.1]
+    assert data.get("flip", True) is True
+    defaults = AffinityDataModule()
+    assert defaults.augmentation == AugmentationConfig(448, None, True, (0.3, 0.3, 0.3, 0.1), "black")
+
+
+def test_psa_recipe_keeps_the_image_scale_and_pads_black(tree: dict, tmp_path: Path) -> None:
+    """Without a resize a crop larger than the image holds the image at its own size; the padding is a black
+    pixel (0 before normalisation) with ignored seeds, as PSA's RandomCrop container."""
+    seeds = tmp_path / "seeds"
+    for image_id in tree["source"].split_ids("train_aug"):
+        for kind in ("low", "high"):
+            write_mask(seeds / kind / f"{image_id}.png", np.ones((SYNTH.size, SYNTH.size), np.uint8))
+    transform = train_transform(AugmentationConfig(64, None, False, None, "black"))
+    item = AffinityDataset(tree["source"], "train_aug", seeds, transform)[0]
+    valid = item["label"] != 255
+    assert int(valid.sum()) == GRID * GRID  # the whole 48 px image, unscaled, inside the 64 px crop
+    black = -torch.tensor((0.485, 0.456, 0.406)) / torch.tensor((0.229, 0.224, 0.225))
+    is_black = (item["image"] - black[:, None, None]).abs().amax(0) < 1e-5
+    assert int(is_black.sum()) == 64 * 64 - SYNTH.size * SYNTH.size

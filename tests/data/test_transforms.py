@@ -66,6 +66,20 @@ def test_small_image_padded_with_zero_and_ignore(seed: int) -> None:
     assert (np.abs(img[:, inside]) > 1).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_black_crop_fill_pads_with_black_pixels_before_normalisation(seed: int) -> None:
+    """PSA's AffinityNet crop: the image is padded with 0-valued pixels, i.e. -mean/std once normalised."""
+    config = AugmentationConfig(crop_size=40, resize_long=None, flip=False, color_jitter=None, crop_fill="black")
+    out = seeded(config, seed)(image=np.full((16, 24, 3), 250, np.uint8), mask=np.full((16, 24), 2, np.uint8))
+    img, msk = out["image"].numpy(), out["mask"].numpy()
+    inside = msk != 255
+    assert inside.sum() == 16 * 24
+    black = -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(img[:, ~inside].T, np.broadcast_to(black, ((~inside).sum(), 3)), atol=1e-5)
+    expected = (250 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(img[:, inside].mean(axis=1), expected, atol=1e-4)
+
+
 def test_padding_position_is_random() -> None:
     config = AugmentationConfig(crop_size=40, resize_long=None, flip=False, color_jitter=None)
     corners = set()
@@ -179,10 +193,11 @@ def test_denormalize_round_trip() -> None:
         {"resize_long": (0, 10)},
         {"resize_long": (-5, 10)},
         {"resize_long": (300, 200)},
+        {"crop_fill": "white"},
     ],
 )
 def test_bad_augmentation_config(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="crop_size|resize_long"):
+    with pytest.raises(ValueError, match="crop_size|resize_long|crop_fill"):
         AugmentationConfig(**kwargs)
 
 
