@@ -156,10 +156,12 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
 
         def instantiate_trainer(self, **kwargs):
             """Every stage gets two safety callbacks unless its config already lists them: a non-finite loss stops
-            it before the bad step (naming stage and step), and checkpoints carry the RNG states (exact resume)."""
-            from caef.callbacks import FiniteLossGuard, RNGStateCheckpoint
+            it before the bad step (naming stage and step), and checkpoints carry the RNG states (exact resume);
+            checkpoints are written atomically beside their target (unless a checkpoint IO plugin is configured)."""
+            from caef.callbacks import FiniteLossGuard, RNGStateCheckpoint, install_atomic_checkpoints
 
             trainer = super().instantiate_trainer(**kwargs)
+            install_atomic_checkpoints(trainer)
             present = {type(c) for c in trainer.callbacks}
             config = self.config[self.subcommand] if self.subcommand else self.config
             if FiniteLossGuard not in present:

@@ -1,5 +1,6 @@
 """Callbacks: CAM scoring and visualisation (W&B), CAM export, pseudo labels and their score, run safety."""
 
+from caef.callbacks.atomic_checkpoint import AtomicCheckpointIO, install_atomic_checkpoints
 from caef.callbacks.cam_miou import CAMScore
 from caef.callbacks.cam_visualization import CAMVisualization
 from caef.callbacks.cam_writer import CAMWriter
@@ -9,6 +10,7 @@ from caef.callbacks.pseudo_label_writer import PseudoLabelWriter
 from caef.callbacks.rng_state import RNGStateCheckpoint
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CAMScore",
     "CAMVisualization",
     "CAMWriter",
@@ -16,4 +18,5 @@ __all__ = [
     "PseudoLabelScore",
     "PseudoLabelWriter",
     "RNGStateCheckpoint",
+    "install_atomic_checkpoints",
 ]
