@@ -134,7 +134,8 @@ def table_rows(results: dict[str, Any], errors: dict[str, str], env: dict[str, A
                 _ratio(v["speedup"]),
                 f"{r['images']}x {r['width']}x{r['height']}, {r['forwards_per_batch']['caef']} vs "
                 f"{r['forwards_per_batch']['reference']} forwards{extra}; max|diff| vs loop fp32 "
-                f"{v['max_abs_diff_vs_reference_fp32']:.1e}" + (f"; {v['note']}" if v.get("note") else ""),
+                f"{v['max_abs_diff_vs_reference_fp32']:.1e}, vs PIL-resized loop "
+                f"{v['max_abs_diff_vs_pil_reference_fp32']:.1e}" + (f"; {v['note']}" if v.get("note") else ""),
             ])  # fmt: skip
     elif "msf" in errors:
         rows.append(["(b) MSF+flip CAMs", "error", "error", "", errors["msf"]])

@@ -96,21 +96,23 @@ def run_stages(
     save: Callable[[], None],
     crf_rate: float | None,
     crf: dict | None = None,
+    variants: list[str] | None = None,
 ) -> None:
-    """Parts 3 and 4: every kind of GPU work of the experiment's stages, in both variants, then the projection."""
+    """Parts 3 and 4: every kind of GPU work of the experiment's stages, in each variant (default: both on CUDA,
+    fp32 on CPU), then the projection of each variant (full form only)."""
+    from benchmarks import stage_throughput as st
     from benchmarks.protocol import load_protocol, project
-    from benchmarks.stage_throughput import FULL, SMALL, VARIANTS, measure, measured_sizes
 
     protocol = load_protocol(experiment)
-    scale = FULL if form == "full" else SMALL
-    variants = list(VARIANTS) if device.type == "cuda" else ["fp32"]
+    scale = st.FULL if form == "full" else st.SMALL
+    variants = variants or (list(st.VARIANTS) if device.type == "cuda" else ["fp32"])
     part.update(protocol=protocol.as_dict(), scale=scale.name, measured={})
     if crf:
         part["crf"] = crf
-    if device.type != "cuda":
+    if "bf16_cl" not in variants:
         part["notes"].append("bf16 + channels_last not timed on CPU (caef trains and infers in fp32 there)")
     for kind, sizes in protocol.sizes.items():
-        entry = part["measured"][kind] = {"sizes": measured_sizes(sizes, protocol.image_size, scale)}
+        entry = part["measured"][kind] = {"sizes": st.measured_sizes(sizes, protocol.image_size, scale)}
         for variant in variants:
             if not budget.allows():
                 entry[f"error_{variant}"] = f"{variant} skipped: past the part's deadline"
@@ -119,7 +121,7 @@ def run_stages(
             print(f"  {kind} {variant} ...", flush=True)
             try:
                 entry[variant] = budget.timed(
-                    lambda k=kind, s=entry["sizes"], v=variant: measure(k, s, protocol.num_classes, device, v, scale)
+                    lambda k=kind, s=entry["sizes"], v=variant: st.measure(k, s, protocol.num_classes, device, v, scale)
                 )
             except Exception as exc:  # an OOM or a failing variant must not lose the rest
                 entry[f"error_{variant}"] = f"{variant}: {_error(exc)}"

@@ -6,13 +6,17 @@ computed for the numerics check only, as CPU bf16 convolutions are slow and caef
 Reference: OC-CSE's ``infer_msf`` / PSA's ``infer_cls`` loop, one forward per variant per image: for each image,
 scale and flip: resize, forward, upsample to the image, ReLU, flip back, accumulate; then keep the image's classes
 and divide each by its max.
-Numerics: max |caef - loop| over the normalised maps of the present classes (the loop in fp32 is the reference).
+Numerics: max |caef - loop| over the normalised maps of the present classes, against two fp32 loops: the timed one
+(its inputs resized by caef's ``resize_images``, as caef's batch is: this isolates the batching) and one whose inputs
+are the reference's own, ``PIL.Image.resize(..., BICUBIC)`` of the uint8 image then normalisation (this adds the
+difference between caef's resize and Pillow's).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.common import (
@@ -31,16 +35,21 @@ SCALES = (0.5, 1.0, 1.5, 2.0)
 
 
 @torch.no_grad()
-def reference_loop_cams(net, images: torch.Tensor, labels: torch.Tensor, scales=SCALES) -> torch.Tensor:
-    """One forward per (image, scale, flip), accumulated per image, as the reference does."""
+def reference_loop_cams(
+    net, images: torch.Tensor, labels: torch.Tensor, scales=SCALES, scaled_input=None
+) -> torch.Tensor:
+    """One forward per (image, scale, flip), accumulated per image, as the reference does. ``scaled_input(i, size)``
+    gives image ``i``'s input at ``size`` (default: caef's ``resize_images`` of the normalised image)."""
     from caef.stages.cam_inference import resize_images, scaled_size
 
+    if scaled_input is None:
+        scaled_input = lambda i, size: resize_images(images[i : i + 1], size)  # noqa: E731
     out = []
     height, width = images.shape[-2:]
-    for image, label in zip(images, labels):
+    for index, label in enumerate(labels):
         total = None
         for scale in scales:
-            x = resize_images(image[None], scaled_size(height, width, scale))
+            x = scaled_input(index, scaled_size(height, width, scale))
             for flip in (False, True):
                 cam = net(x.flip(-1) if flip else x)
                 cam = torch.nn.functional.interpolate(cam, (height, width), mode="bilinear", align_corners=False)
@@ -51,6 +60,19 @@ def reference_loop_cams(net, images: torch.Tensor, labels: torch.Tensor, scales=
         total = total * label[:, None, None]
         out.append(total / (total.amax(dim=(1, 2), keepdim=True) + 1e-5))
     return torch.stack(out)
+
+
+def pil_input(pixels: list[np.ndarray], device: torch.device):
+    """The reference's scaled inputs: ``PIL.Image.resize(..., BICUBIC)`` of the uint8 image, then normalisation."""
+    from PIL import Image
+
+    def scaled_input(index: int, size: tuple[int, int]) -> torch.Tensor:
+        image = pixels[index]
+        if size != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+        return normalize_image(image)[None].to(device)
+
+    return scaled_input
 
 
 def _max_abs_diff(cams: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> float:
@@ -74,7 +96,8 @@ def _run(config: BenchConfig, device: torch.device, channels_last: str) -> dict[
     net = build_cam_net("resnet38", NUM_CLASSES, width=config.width).to(device).eval()
     generator = torch.Generator().manual_seed(1)
     height, width, batch = config.image_height, config.image_width, config.msf_batch
-    images = torch.stack([normalize_image(synthetic_image(height, width, seed)) for seed in range(batch)]).to(device)
+    pixels = [synthetic_image(height, width, seed) for seed in range(batch)]
+    images = torch.stack([normalize_image(image) for image in pixels]).to(device)
     labels = random_labels(batch, NUM_CLASSES - 1, generator).to(device)
 
     want_cl = {"auto": device.type == "cuda", "on": True, "off": False}[channels_last]
@@ -104,6 +127,7 @@ def _run(config: BenchConfig, device: torch.device, channels_last: str) -> dict[
     }  # fmt: skip
     reference_fn = lambda: reference_loop_cams(net, images, labels)  # noqa: E731
     reference = reference_fn()
+    reference_pil = reference_loop_cams(net, images, labels, scaled_input=pil_input(pixels, device))
     out["reference"] = _timed(reference_fn, config, device, batch)
     for name, fn in variants.items():
         try:
@@ -121,6 +145,7 @@ def _run(config: BenchConfig, device: torch.device, channels_last: str) -> dict[
             out[name] = _timed(fn, config, device, batch)
             out[name]["speedup"] = out[name]["images_per_s"] / out["reference"]["images_per_s"]
         out[name]["max_abs_diff_vs_reference_fp32"] = _max_abs_diff(cams, reference, labels)
+        out[name]["max_abs_diff_vs_pil_reference_fp32"] = _max_abs_diff(cams, reference_pil, labels)
     out["caef_bf16"].update({"channels_last": want_cl, "note": note})
     return out
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from caef.errors import CaefError
 from caef.io import read_yaml_mapping
+from caef.pipeline_config import resolve_stage_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -153,8 +154,8 @@ def load_protocol(experiment: str | Path) -> Protocol:
         raise CaefError(f"{path}: dataset {dataset!r} has no known split sizes (known: {sorted(SPLIT_SIZES)})")
     configs: dict[str, tuple[Path, dict]] = {}
     for stage, spec in (exp.get("stages") or {}).items():
-        if spec and spec.get("config"):
-            cfg_path = (REPO / spec["config"]) if not Path(spec["config"]).is_absolute() else Path(spec["config"])
+        if spec and spec.get("config"):  # resolved as `caef pipeline` does (relative to the experiment file)
+            cfg_path = Path(resolve_stage_config(spec["config"], path, f"{path} stages.{stage}.config"))
             configs[stage] = (cfg_path, read_yaml_mapping(cfg_path, f"{stage} stage config", "see experiments/"))
     stages, sizes = [], {}
 

@@ -163,10 +163,14 @@ def _work(kind: str, module, sizes: dict[str, Any], num_classes: int, device: to
         cams = torch.from_numpy(synthetic_cams(3, height, width, seed=7)).to(device)
         classes = torch.tensor([3, 8, 15])
 
-        def call() -> None:  # the writer walks each image of the batch (PseudoLabelWriter.write_on_batch_end)
-            features = module.predict_step(data, 0)["features"]
-            for i in range(batch):
-                labels_from_scores(walked_scores(cams, features[i], radius=sizes["radius"]), classes)
+        def walk() -> None:  # the features under the precision's autocast (Lightning wraps predict_step), then
+            with torch.no_grad():  # the writer's walk of each image in fp32 (a callback, outside the autocast)
+                with ctx():
+                    features = module.predict_step(data, 0)["features"]
+                for i in range(batch):
+                    labels_from_scores(walked_scores(cams, features[i], radius=sizes["radius"]), classes)
+
+        return walk
     else:
         raise ValueError(f"unknown kind {kind!r}")
 

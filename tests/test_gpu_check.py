@@ -230,6 +230,37 @@ def test_tables():
     assert "4. coco_full stage throughput and projected time [pending]" in text
 
 
+def test_full_form_stage_part_with_stubbed_measurements(monkeypatch):
+    """The GPU branch of parts 3/4 without a GPU: every kind measured in both variants at the configs' sizes, saved
+    after each, projected per variant; a failing measurement leaves its stages and the total n/a."""
+    from benchmarks import gpu_check_parts, stage_throughput
+
+    calls = []
+
+    def fake_measure(kind, sizes, num_classes, device, variant, scale):
+        calls.append((kind, variant, sizes.get("crop"), sizes["batch"], num_classes))
+        if kind == "deeplab_eval" and variant == "bf16_cl":
+            raise RuntimeError("CUDA out of memory")
+        return {"images_per_s": 20.0 if variant == "fp32" else 40.0, "peak_memory_gib": 1.0}
+
+    monkeypatch.setattr(stage_throughput, "measure", fake_measure)
+    saves, part = [], {"status": "pending", "seconds": None, "notes": []}
+    budget = Budget(1e6, {"voc_stages": 1.0})
+    budget.begin("voc_stages")
+    gpu_check_parts.run_stages(part, VOC, "full", torch.device("cpu"), budget, lambda: saves.append(1), crf_rate=10.0,
+                               variants=["fp32", "bf16_cl"])  # fmt: skip
+    protocol = load_protocol(VOC)
+    assert len(calls) == len(saves) == 2 * len(protocol.sizes)
+    assert ("classifier_train", "fp32", 448, 16, 21) in calls and ("cgnet_train", "bf16_cl", 384, 8, 21) in calls
+    fp32 = part["projection"]["fp32"]
+    images = sum(p.images / (10.0 if p.kind == "crf" else 20.0) for plan in protocol.stages for p in plan.phases)
+    assert fp32["total_seconds"] == pytest.approx(images)
+    fast = part["projection"]["bf16_cl"]
+    assert fast["total_seconds"] is None and fast["missing_kinds"] == ["deeplab_eval"]
+    assert part["status"] == "partial" and "out of memory" in part["measured"]["deeplab_eval"]["error_bf16_cl"]
+    assert any("no rate for deeplab_eval" in note for note in part["notes"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU form (a CUDA machine runs the 8-minute full form)")
 def test_cpu_form_end_to_end(tmp_path, capsys):
