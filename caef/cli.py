@@ -118,7 +118,7 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             from caef.errors import CaefError
 
             try:
-                super()._parse_ckpt_path()
+                self._merge_checkpoint_hyperparameters()
             except SystemExit:
                 raise
             except Exception as exc:
@@ -127,6 +127,25 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
                     f"cannot read checkpoint {path} (--ckpt_path): {type(exc).__name__}: {exc}; copy it again or "
                     "point --ckpt_path at another checkpoint"
                 ) from exc
+
+        def _merge_checkpoint_hyperparameters(self) -> None:
+            """LightningCLI's merge of a --ckpt_path's hyper-parameters over the command line, as ``init_args`` of the
+            checkpoint's class (subclass mode): settings it does not record (DeepLab's evaluation options) keep their
+            command-line values instead of falling back to the defaults."""
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if not path or not Path(path).is_file():
+                return
+            import torch
+
+            hparams = dict(torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+            hparams.pop("_instantiator", None)
+            current = self.config[subcommand].model
+            class_path = hparams.pop("_class_path", None) or current.class_path
+            if hparams:
+                given = current.init_args.as_dict() if class_path == current.class_path else {}
+                model = {"class_path": class_path, "init_args": {**given, **hparams}}
+                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
         def instantiate_classes(self) -> None:
             """In subclass mode jsonargparse wraps a model's CaefError in a ValueError: the CaefError is re-raised."""

@@ -8,6 +8,7 @@ from caef.callbacks.finite_loss import FiniteLossGuard
 from caef.callbacks.pseudo_label_score import PseudoLabelScore
 from caef.callbacks.pseudo_label_writer import PseudoLabelWriter
 from caef.callbacks.rng_state import RNGStateCheckpoint
+from caef.callbacks.segmentation_writer import SegmentationWriter
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -18,5 +19,6 @@ __all__ = [
     "PseudoLabelScore",
     "PseudoLabelWriter",
     "RNGStateCheckpoint",
+    "SegmentationWriter",
     "install_atomic_checkpoints",
 ]

@@ -206,6 +206,8 @@ class SegmentationDataModule(WSSSDataModule):
         train_split: training split (VOC: ``train_aug``).
         val_split: evaluation split (VOC: ``val``).
         label_dir: directory of ``<id>.png`` pseudo labels; None trains on ground truth (the upper bound).
+        predict_split: split ``caef deeplab predict`` labels (VOC: ``test``, whose masks are the evaluation
+            server's); its images need no masks.
     """
 
     def __init__(
@@ -225,9 +227,11 @@ class SegmentationDataModule(WSSSDataModule):
         resize_long: tuple[int, int] | None = None,
         flip: bool = True,
         color_jitter: tuple[float, float, float, float] | None = None,
+        predict_split: str = "test",
     ):
         super().__init__(dataset, root, cache_dir, batch_size, eval_batch_size, num_workers, synth, skip_bad)
         self.train_split, self.val_split, self.label_dir = train_split, val_split, label_dir
+        self.predict_split = predict_split
         self.augmentation = AugmentationConfig(crop_size, resize_long, flip, color_jitter)
 
     def train_dataloader(self) -> DataLoader:
@@ -239,3 +243,6 @@ class SegmentationDataModule(WSSSDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._inference_loader(self.val_split)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._inference_loader(self.predict_split)

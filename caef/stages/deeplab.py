@@ -155,6 +155,11 @@ class DeepLabModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self.validation_step(batch, batch_idx)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Label maps of whole images with the evaluation settings (scales, flip, CRF), for benchmark files
+        (:class:`caef.callbacks.SegmentationWriter`); the split needs no masks (VOC ``test``)."""
+        return {"id": batch["id"], "pred": self.predict_labels(batch["image"])}
+
     def compute_scores(self) -> dict[str, Any] | None:
         """Per-class IoU (NaN for classes absent from truth and prediction) and their mean; resets the matrix."""
         world_size = self.trainer.world_size if self._trainer is not None else 1
