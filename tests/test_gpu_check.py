@@ -261,6 +261,48 @@ def test_full_form_stage_part_with_stubbed_measurements(monkeypatch):
     assert any("no rate for deeplab_eval" in note for note in part["notes"])
 
 
+def test_cuda_branch_orders_parts_saves_each_and_skips_past_the_budget(monkeypatch, tmp_path, capsys):
+    """main() as on a GPU machine (parts stubbed): the record lands in cuda-<gpu>.json after each part, and parts
+    whose deadline has passed are skipped with a note."""
+    from benchmarks import gpu_check, gpu_check_parts
+
+    now = [0.0]
+
+    class FakeBudget(Budget):
+        def __init__(self, total_s, deadlines):
+            super().__init__(total_s, deadlines, clock=lambda: now[0])
+
+    calls, saved = [], []
+
+    def fake_bench(part, form, device, budget, record, save):
+        calls.append(("bench", form, device.type))
+        record["environment"]["device_name"] = "NVIDIA H200"
+        part["results"] = {"train": {"speedup": 3.5, "mfu": 0.45}}
+        now[0] += 447.0  # the bench ran long: 3 s left, less than a unit of the next parts
+        save()
+        saved.append(json.loads((tmp_path / "cuda-nvidia-h200.json").read_text())["parts"]["bench"]["status"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "nvidia_smi", lambda: {"gpu_name": "NVIDIA H200", "driver": "570.1"})
+    monkeypatch.setattr(gpu_check, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(gpu_check, "Budget", FakeBudget)
+    monkeypatch.setattr(gpu_check_parts, "coco_crf", lambda cuda: calls.append(("coco_crf", cuda)) or {})
+    monkeypatch.setattr(gpu_check_parts, "run_bench", fake_bench)
+    for name in ("run_bf16", "run_stages"):
+        monkeypatch.setattr(gpu_check_parts, name, lambda *a, name=name, **k: calls.append((name,)))
+    assert gpu_check.main([]) == 0
+    assert calls == [("coco_crf", True), ("bench", "full", "cuda")] and saved == ["pending"]
+    record = json.loads((tmp_path / "cuda-nvidia-h200.json").read_text())
+    report.check_record(record)
+    assert record["environment"]["driver"] == "570.1" and record["form"] == "full"
+    statuses = {name: part["status"] for name, part in record["parts"].items()}
+    assert statuses == {"bench": "done", "bf16": "skipped", "voc_stages": "skipped", "coco_stages": "skipped"}
+    assert "past this part's deadline" in record["parts"]["coco_stages"]["notes"][0]
+    goals = {g["goal"]: g["met"] for g in record["goals"]}
+    assert goals["cgnet_step_speedup"] is True and goals["cgnet_step_mfu"] is True and goals["msf_speedup"] is None
+    assert "cuda-nvidia-h200.json" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU form (a CUDA machine runs the 8-minute full form)")
 def test_cpu_form_end_to_end(tmp_path, capsys):
