@@ -15,17 +15,58 @@ import numpy as np
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path`` (same file system); once the block succeeds the file is flushed to
+    disk, given the permissions of a newly created file (``0o666`` less the umask: colleagues can read results
+    where the umask lets them; ``mkstemp`` alone gives ``0600``) and renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask: from /proc where it is listed (no change to process state, safe under threads), else
+    read by setting it and restoring it at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable; a file system that cannot sync a folder (some network mounts) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -38,11 +79,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def update_json(path: str | os.PathLike, updates: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``updates`` into the JSON object at ``path`` (created if absent) and write it atomically."""
+    """Merge ``updates`` into the JSON object at ``path`` (created if absent) and write it atomically, holding
+    ``path``'s lock for the read-modify-write."""
+    from caef.run_lock import file_lock
+
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(updates)
-    write_json(path, data)
+    with file_lock(path):  # stages and pipelines merging into one summary at once lose no entry
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.update(updates)
+        write_json(path, data)
     return data
 
 

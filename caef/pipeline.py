@@ -1,96 +1,79 @@
-"""``caef pipeline CONFIG``: a whole experiment, stage by stage, cached and resumable.
+"""``caef pipeline CONFIG``: a whole experiment, stage by stage, verified, cached and resumable.
 
     classifier -> cgnet -> cams -> crf -> affinity -> pseudo -> deeplab (+ fully_supervised, the upper bound)
 
-Each stage is one ``caef`` command in its own process (clean W&B runs, no state shared between stages) under
-``<runs_root>/<name>/``. ``manifest.json`` there records, per stage, its argv, a fingerprint of its config file,
-argv and upstream fingerprints, its status and time. On a rerun a ``done`` stage with an unchanged fingerprint
-whose outputs exist is skipped; a ``running`` stage (the process died) resumes -- training from its
-``last.ckpt``, offline stages from the files not yet written (writers skip existing, atomically written files);
-a stage whose fingerprint changed starts clean (its old outputs are removed). ``--from``/``--until`` select a
-slice; a stage outside it must already be done for the stages after it to run. The stages themselves are declared
-in ``caef/stage_graph.py``; a stage that another run under the same ``runs_root`` finished with the same fingerprint
-is copied from it (``caef/stage_cache.py``). The command line is ``caef/pipeline_cli.py``.
+Each stage is one ``caef`` command in its own process group (clean W&B runs, no state shared between stages) under
+``<runs_root>/<name>/``, which one pipeline at a time holds (``caef/run_lock.py``). ``manifest.json`` there records,
+per stage, its argv, a fingerprint (its config file, argv, upstream fingerprints and caef's code), the identity of
+the upstream results it was built on, its status, time and complete summary entries.
 
-The stages write their metrics into ``summary.json`` (CAM scores, pseudo-label scores, DeepLab val mIoU); the
-pipeline adds the seed, backbones, masking depth, per-stage times and a config hash.
+"Done" means verified: every product its spec declares (``caef/stage_graph.py``: a loadable checkpoint, one file
+per image of the split) is there and readable. On a rerun a done, verified stage with an unchanged fingerprint and
+inputs is skipped; one whose outputs were damaged redoes what is missing (offline stages write only the missing
+files; a training stage with an unreadable checkpoint trains again); a ``running`` or ``interrupted`` stage
+resumes -- training from its last readable checkpoint, offline stages from the files not yet written; a stage
+whose fingerprint or inputs changed starts clean (its old outputs are removed) and says why (settings, code,
+upstream). A stage that another run under the same ``runs_root`` finished with the same fingerprint and inputs is
+copied from it (``caef/stage_cache.py``). SIGTERM/SIGINT stop the running stage's process group, mark it
+``interrupted`` and end with one line. ``--from``/``--until`` select a slice; ``--dry_run`` prints the commands
+and writes nothing. The experiment file is ``caef/pipeline_config.py``; the command line ``caef/pipeline_cli.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
+import re
+import signal
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from caef import code_fingerprint
 from caef.errors import CaefError
-from caef.io import read_yaml_mapping, update_json, write_json
+from caef.io import update_json, write_json
+from caef.pipeline_config import PipelineConfig, check_run_name
+from caef.pipeline_tracking import PipelineTracker, params_from_overrides
+from caef.run_lock import RunLock
 from caef.stage_cache import StageCache
-from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
+from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, SUMMARY_PREFIXES, StageSpec
+from caef.stage_outputs import StageOutputs, stage_setting
+from caef.stage_runner import Interrupted, resume_checkpoint, run_stage_process, stop_signals
 
 # the stage graph is re-exported: ``from caef.pipeline import STAGES, ORDER, ...`` keeps working
 __all__ = ["LIGHTNING_STAGES", "ORDER", "STAGES", "Pipeline", "PipelineConfig", "StageSpec"]
 
-
-@dataclass
-class PipelineConfig:
-    """The experiment file (``experiments/*.yaml``); every field can be overridden on the command line."""
-
-    name: str
-    stages: dict[str, dict[str, Any]]  # stage -> {config: YAML of the stage's command, args: [flags]}
-    runs_root: str = "runs"
-    seed: int = 0
-    dataset: str = "synthetic"
-    data_root: str | None = None  # checked before anything runs
-    data_help: str = ""  # what to print when data_root is missing
-    all: list[str] = field(default_factory=list)  # flags given to every Lightning stage
-    tags: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: str | Path) -> PipelineConfig:
-        path = Path(path)
-        raw = read_yaml_mapping(path, "pipeline config", "see experiments/*.yaml")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise CaefError(f"pipeline config {path}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        for key in ("name", "stages"):
-            if key not in raw:
-                raise CaefError(f"pipeline config {path}: missing key {key!r}")
-        config = cls(**raw)
-        for stage, spec in config.stages.items():
-            if stage not in STAGES:
-                raise CaefError(f"pipeline config {path}: unknown stage {stage!r}; stages: {', '.join(ORDER)}")
-            extra = sorted(set(spec or {}) - {"config", "args"})
-            if extra:
-                raise CaefError(f"pipeline config {path}: stage {stage!r} has unknown key(s) {extra} (config, args)")
-            config.stages[stage] = {"config": (spec or {}).get("config"), "args": list((spec or {}).get("args") or [])}
-            if STAGES[stage].command[0] in LIGHTNING_STAGES and not config.stages[stage]["config"]:
-                raise CaefError(f"pipeline config {path}: stage {stage!r} needs a `config:` (a stage YAML)")
-        return config
+_RUN_REF = re.compile(r"\{run\}/([A-Za-z_]+)/")
 
 
 class Pipeline:
-    """Runs the stages of ``config`` in order under ``<runs_root>/<name>``; see the module docstring."""
+    """Runs the stages of ``config`` in order under ``<runs_root>/<name>``; see the module docstring.
+
+    ``keep_stale_code``: keep done stages that older caef code computed (same settings) instead of rerunning them."""
 
     def __init__(
-        self, config: PipelineConfig, overrides: dict[str, list[str]] | None = None, python: str | None = None
+        self,
+        config: PipelineConfig,
+        overrides: dict[str, list[str]] | None = None,
+        python: str | None = None,
+        keep_stale_code: bool = False,
     ):
+        check_run_name(config.name)
         self.config = config
         self.overrides = overrides or {}
         self.python = python or sys.executable
+        self.keep_stale_code = keep_stale_code
         self.run_dir = Path(config.runs_root) / config.name
         self.manifest_path = self.run_dir / "manifest.json"
         self.cache = StageCache(config.runs_root)
+        self.code = code_fingerprint.code_identity()
+        self.tracker: PipelineTracker | None = None
+        self.outputs = StageOutputs(config.dataset, config.data_root, self._setting)
 
     # -- what each stage runs --------------------------------------------------------------------------------------
     def argv(self, stage: str) -> list[str]:
@@ -115,24 +98,47 @@ class Pipeline:
             args.append(f"--ckpt_path={run / 'affinity' / 'last.ckpt'}")
         elif stage == "deeplab":
             args.append(f"--data.label_dir={run / 'pseudo'}")
-        return args + settings["args"] + self.overrides.get(stage, [])
+        return args + self.user_flags(stage)
+
+    def user_flags(self, stage: str) -> list[str]:
+        """The stage's ``args`` and ``--<stage>.<key>`` overrides, ``{run}`` replaced by the run folder."""
+        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
+        return [flag.replace("{run}", str(self.run_dir)) for flag in flags]
+
+    def needs(self, stage: str) -> tuple[str, ...]:
+        """The stages whose results ``stage`` reads: its spec's, plus those its flags name as ``{run}/<stage>/``."""
+        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
+        named = [m for flag in flags for m in _RUN_REF.findall(flag) if m in STAGES and m != stage]
+        for need in named:
+            if need in self.config.stages and ORDER.index(need) > ORDER.index(stage):
+                raise CaefError(f"stage {stage!r} reads {{run}}/{need}/, but {need!r} runs after it; reorder or drop")
+        return tuple(dict.fromkeys([*STAGES[stage].needs, *named]))
 
     def _stage_digest(self, stage: str) -> Any:  # a hashlib object
-        """The stage's own settings: its argv with the run folder abstracted (the same in every run) and the bytes
-        of its config file."""
+        """The stage's own settings: its argv with the run folder and config path abstracted (the same in every run
+        and checkout) and the bytes of its config file."""
         settings = self.config.stages[stage]
         portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]
+        if settings["config"]:
+            portable = [arg.replace(settings["config"], "{config}") for arg in portable]
         digest = hashlib.sha256(json.dumps(portable).encode())
         if settings["config"]:
             digest.update(Path(settings["config"]).read_bytes())
         return digest
 
+    def fingerprints(self, stage: str, manifest: dict) -> tuple[str, str]:
+        """(settings, full): the stage's settings plus its upstream stages' fingerprints; the full one adds caef's
+        code (version and source digest). Equal full fingerprints and inputs, equal outputs."""
+        settings, full = self._stage_digest(stage), self._stage_digest(stage)
+        for need in self.needs(stage):
+            entry = manifest["stages"].get(need, {})
+            settings.update(entry.get("settings", "missing").encode())
+            full.update(entry.get("fingerprint", "missing").encode())
+        full.update(code_fingerprint.code_key().encode())
+        return settings.hexdigest()[:16], full.hexdigest()[:16]
+
     def fingerprint(self, stage: str, manifest: dict) -> str:
-        """The stage's settings plus its upstream stages' fingerprints: equal fingerprints, equal outputs."""
-        digest = self._stage_digest(stage)
-        for need in STAGES[stage].needs:
-            digest.update(manifest["stages"].get(need, {}).get("fingerprint", "missing").encode())
-        return digest.hexdigest()[:16]
+        return self.fingerprints(stage, manifest)[1]
 
     def config_hash(self) -> str:
         """One hash of every stage's settings: runs with equal hashes ran the same experiment."""
@@ -142,81 +148,191 @@ class Pipeline:
     def stages(self) -> list[str]:
         return [s for s in ORDER if s in self.config.stages]
 
+    def check_flags(self, stages: Sequence[str]) -> None:
+        """Every stage's ``args`` and overrides parsed by the stage's own command line, before anything runs."""
+        from caef.stage_flags import check_stage_flags
+
+        for stage in stages:
+            flags = self.user_flags(stage)
+            if STAGES[stage].command[0] in LIGHTNING_STAGES:
+                flags = [*self.config.all, *flags]
+            check_stage_flags(stage, self.config.stages[stage]["config"], flags)
+
     # -- running ---------------------------------------------------------------------------------------------------
     def run(self, start: str | None = None, until: str | None = None, dry_run: bool = False) -> dict:
         stages = self.stages()
         for bound in (start, until):
             if bound is not None and bound not in stages:
                 raise CaefError(f"--from/--until {bound!r} is not a stage of this pipeline ({', '.join(stages)})")
-        first = stages.index(start) if start else 0
-        last = stages.index(until) if until else len(stages) - 1
+        selected = stages[stages.index(start) if start else 0 : (stages.index(until) if until else len(stages)) + 1]
+        for stage in stages:
+            self.needs(stage)
+        self.check_flags(selected)
         self._check_data()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        manifest = self._load_manifest()
-        for stage in stages[first : last + 1]:
-            self._run_stage(stage, manifest, dry_run)
-        return {} if dry_run else self._finish(manifest)
+        if dry_run:  # reads the manifest if there is one; writes nothing anywhere
+            manifest = self._load_manifest()
+            for stage in selected:
+                action, why, argv = self._resumable(stage, *self._plan(stage, manifest))
+                if action != "skip":
+                    print(f"\n[caef pipeline] {stage} ({STAGES[stage].help}): {why}\n  caef {' '.join(argv)}")
+            return {}
+        with RunLock(self.run_dir) as lock, stop_signals(threading.current_thread() is threading.main_thread()):
+            self.tracker = PipelineTracker.from_environ(
+                self.config.name,
+                self._wandb_context(),
+                run_dir=self.run_dir,
+                params=params_from_overrides(self.overrides),
+            )
+            manifest = self._load_manifest()
+            manifest["code"] = self.code
+            stage = None
+            try:
+                for stage in selected:
+                    self._run_stage(stage, manifest, lock)
+            except Interrupted as stop:
+                if manifest["stages"].get(stage, {}).get("status") == "running":
+                    manifest["stages"][stage]["status"] = "interrupted"
+                    self._save_manifest(manifest)
+                self.tracker.abort("interrupted", 128 + stop.signum)
+                raise CaefError(
+                    f"interrupted by {signal.Signals(stop.signum).name} during stage {stage!r} (its processes were "
+                    "stopped); rerun the same command to resume"
+                ) from None
+            except BaseException:
+                self.tracker.abort("failed", 1)
+                raise
+            summary = self._finish(manifest)
+            self.tracker.finish(summary, self.run_dir)
+            return summary
 
-    def _run_stage(self, stage: str, manifest: dict, dry_run: bool) -> None:
+    def _plan(self, stage: str, manifest: dict) -> tuple[str, str, list[str]]:
+        """What to do with ``stage``: ``("skip" | "resume" | "repair" | "fresh", why, argv)``; prints the decision."""
+        spec, entry = STAGES[stage], manifest["stages"].get(stage, {})
+        settings, fingerprint = self.fingerprints(stage, manifest)
+        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
+        stale = entry.get("settings") == settings and entry.get("fingerprint") != fingerprint
+        same = entry.get("fingerprint") == fingerprint or (stale and self.keep_stale_code)
+        same = same and entry.get("inputs", {}) == inputs
+        status = entry.get("status")
+        argv = self.argv(stage)
+        if same and status == "done":
+            bad = self._verify(stage)
+            if not bad:
+                note = (
+                    f" -- kept, computed by older code (sources {entry.get('code')}; --keep_stale_code)"
+                    if stale
+                    else ""
+                )
+                print(f"[caef pipeline] {stage}: done, verified, unchanged -- skipped{note}", flush=True)
+                return "skip", "", argv
+            example = f"{bad[0][0]} ({bad[0][1]})"
+            why = f"{len(bad)} output(s) missing or unreadable, e.g. {example}"
+            if spec.trains:
+                return "fresh", f"{why}: training it again", argv
+            return "repair", f"{why}: writing them again", argv
+        if same and status in ("running", "interrupted", "failed"):
+            return "resume", f"{status} -- resuming", argv
+        if not entry:
+            why = "not run yet"
+        elif entry.get("settings") != settings:
+            why = "its settings or an upstream stage's changed"
+        elif entry.get("fingerprint") != fingerprint:
+            why = f"the code changed (caef sources {entry.get('code')} -> {self.code['sources']})"
+        else:
+            changed = [n for n in inputs if entry.get("inputs", {}).get(n) != inputs[n]]
+            why = f"upstream {', '.join(changed)} was recomputed"
+        return "fresh", why, argv
+
+    def _resumable(self, stage: str, action: str, why: str, argv: list[str]) -> tuple[str, str, list[str]]:
+        """A training stage resumes from its last readable checkpoint, or starts again when there is none."""
         spec = STAGES[stage]
-        for need in () if dry_run else spec.needs:
+        if action != "resume" or not spec.checkpoint:
+            return action, why, argv
+        checkpoint = resume_checkpoint(self.run_dir / spec.checkpoint)
+        if checkpoint is None:
+            return "fresh", f"{why}, but no readable checkpoint: starting the stage again", argv
+        return action, why, [*argv, f"--ckpt_path={checkpoint}"]
+
+    def _run_stage(self, stage: str, manifest: dict, lock: RunLock) -> None:
+        spec = STAGES[stage]
+        for need in self.needs(stage):
             if need in self.config.stages and manifest["stages"].get(need, {}).get("status") != "done":
                 raise CaefError(f"stage {stage!r} needs {need!r}, which has not finished; run it first (--from {need})")
-        fingerprint = self.fingerprint(stage, manifest)
+        action, why, argv = self._resumable(stage, *self._plan(stage, manifest))
         entry = manifest["stages"].get(stage, {})
-        same = entry.get("fingerprint") == fingerprint
-        if same and entry.get("status") == "done" and spec.outputs_exist(self.run_dir):
-            print(f"[caef pipeline] {stage}: done, unchanged -- skipped", flush=True)
+        settings, fingerprint = self.fingerprints(stage, manifest)
+        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
+        if action == "skip":
+            self._tracked(stage, manifest)
             return
-        if not (same and entry.get("status") == "running") and self._reuse_cached(stage, fingerprint, manifest):
+        if action == "fresh" and self._reuse_cached(stage, fingerprint, inputs, manifest):
             return
-        argv = self.argv(stage)
-        resume = same and entry.get("status") == "running"
-        if resume and spec.checkpoint and (self.run_dir / spec.checkpoint).is_file():
-            argv.append(f"--ckpt_path={self.run_dir / spec.checkpoint}")
-        elif not resume:
+        if action in ("resume", "repair"):
+            self.outputs.drop_unreadable(stage, self.run_dir)
+        else:
             spec.clear_outputs(self.run_dir)
-        cmd = [self.python, "-m", "caef.cli", *argv]
-        print(f"\n[caef pipeline] {stage} ({spec.help}){' -- resuming' if resume else ''}\n  caef {' '.join(argv)}",
-              flush=True)  # fmt: skip
-        if dry_run:
-            return
-        seconds = entry.get("seconds", 0.0) if resume else 0.0
+        print(f"\n[caef pipeline] {stage} ({spec.help}): {why}\n  caef {' '.join(argv)}", flush=True)
+        keep_id = action in ("resume", "repair") and entry.get("run_id")
+        seconds = entry.get("seconds", 0.0) if action in ("resume", "repair") else 0.0
         manifest["stages"][stage] = {
-            "status": "running", "fingerprint": fingerprint, "argv": argv,
-            "config": self.config.stages[stage]["config"], "needs": list(spec.needs), "outputs": list(spec.outputs),
-            "seconds": seconds, "started": _now(),
+            "status": "running", "fingerprint": fingerprint, "settings": settings, "inputs": inputs,
+            "run_id": keep_id or uuid.uuid4().hex[:12], "code": self.code["sources"], "argv": argv,
+            "config": self.config.stages[stage]["config"], "needs": list(self.needs(stage)),
+            "outputs": list(spec.outputs), "seconds": seconds, "started": _now(),
         }  # fmt: skip
         self._save_manifest(manifest)
         before = self._summary()
         start = time.perf_counter()
-        env = os.environ | {"CAEF_PIPELINE": json.dumps(self._wandb_context())}
-        result = subprocess.run(cmd, env=env)
-        manifest["stages"][stage]["seconds"] = round(seconds + time.perf_counter() - start, 1)
-        if result.returncode != 0:
+        try:
+            code = run_stage_process([self.python, "-m", "caef.cli", *argv], self.tracker.stage_environ(stage), lock)
+        finally:
+            manifest["stages"][stage]["seconds"] = round(seconds + time.perf_counter() - start, 1)
+        if code != 0:
+            manifest["stages"][stage]["status"] = "failed"
             self._save_manifest(manifest)
             raise CaefError(
-                f"stage {stage!r} failed (exit code {result.returncode}); fix the cause and rerun the same command: "
-                f"finished stages are kept and {stage!r} resumes"
+                f"stage {stage!r} failed (exit code {code}); fix the cause and rerun the same command: finished "
+                f"stages are kept and {stage!r} resumes"
             )
-        if not spec.outputs_exist(self.run_dir):
-            raise CaefError(f"stage {stage!r} finished but left no {', '.join(spec.outputs)} under {self.run_dir}")
+        bad = self._verify(stage)
+        if bad:
+            manifest["stages"][stage]["status"] = "failed"
+            self._save_manifest(manifest)
+            raise CaefError(
+                f"stage {stage!r} finished but {len(bad)} of its outputs are missing or unreadable, e.g. {bad[0][0]} "
+                f"({bad[0][1]}); rerun the same command to redo them"
+            )
         after = self._summary()
-        delta = {k: v for k, v in after.items() if before.get(k) != v}
-        manifest["stages"][stage].update(status="done", finished=_now(), summary=delta)
+        prefixes = SUMMARY_PREFIXES.get(stage, ())
+        own = {k: v for k, v in after.items() if k.startswith(prefixes) or before.get(k) != v} if prefixes else {}
+        own = own or {k: v for k, v in after.items() if before.get(k) != v}
+        manifest["stages"][stage].update(status="done", finished=_now(), summary=own)
         self._save_manifest(manifest)
         self.cache.record(fingerprint, self.config.name)
+        self._tracked(stage, manifest)
 
-    def _reuse_cached(self, stage: str, fingerprint: str, manifest: dict) -> bool:
-        """A stage with the same fingerprint finished in another run (a sweep's shared classifier): copy it."""
-        entry = self.cache.copy(stage, fingerprint, self.config.name)
+    def _tracked(self, stage: str, manifest: dict) -> None:
+        entry = manifest["stages"][stage]
+        if self.tracker is not None:
+            self.tracker.stage_finished(stage, dict(entry.get("summary") or {}), entry.get("seconds"))
+
+    def _reuse_cached(self, stage: str, fingerprint: str, inputs: dict, manifest: dict) -> bool:
+        """A stage with the same fingerprint and inputs finished (verified) in another run: copy it."""
+        entry = self.cache.copy(stage, fingerprint, self.config.name, inputs, lambda d: self._verify(stage, d))
         if entry is None:
             return False
         manifest["stages"][stage] = entry
         self._save_manifest(manifest)
-        print(f"[caef pipeline] {stage}: same inputs and config as in {entry['cached_from']} -- copied", flush=True)
+        print(
+            f"[caef pipeline] {stage}: same inputs, config and code as in {entry['cached_from']} -- copied", flush=True
+        )
+        self._tracked(stage, manifest)
         return True
 
+    def _verify(self, stage: str, run_dir: Path | None = None) -> list[tuple[Path, str]]:
+        return self.outputs.verify(stage, run_dir or self.run_dir)
+
+    # -- facts and summary -----------------------------------------------------------------------------------------
     def _summary(self) -> dict:
         path = self.run_dir / "summary.json"
         try:
@@ -246,18 +362,17 @@ class Pipeline:
         facts: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed, "dataset": self.config.dataset}
         for stage, key in (("classifier", "classifier_backbone"), ("cgnet", "cgnet_backbone")):
             if stage in self.config.stages:
-                facts[key] = self._model_setting(stage, "backbone")
+                facts[key] = self._setting(stage, "model.backbone")
         if "cgnet" in self.config.stages:
-            depth = self._model_setting("cgnet", "masking_depth")
+            depth = self._setting("cgnet", "model.masking_depth")
             facts["masking_depth"] = int(depth) if depth is not None else 0
-            erasing = self._model_setting("cgnet", "erasing")
+            erasing = self._setting("cgnet", "model.erasing")
             facts["erasing"] = str(erasing).lower() != "false"  # false: the no-erasing control
         return facts
 
-    def _model_setting(self, stage: str, key: str) -> Any:
-        """``model.<key>`` of a stage: its last ``--model.<key>=`` flag, else its config file's value (or None)."""
-        value = _flag(self.argv(stage), f"model.{key}")
-        return value if value is not None else _yaml_value(self.config.stages[stage].get("config"), ("model", key))
+    def _setting(self, stage: str, key: str) -> Any:
+        """``key`` (dotted) of a stage: its last ``--<key>=`` flag, else its config file's value (or None)."""
+        return stage_setting(self.argv(stage), self.config.stages[stage].get("config"), key)
 
     def _finish(self, manifest: dict) -> dict:
         times = {s: manifest["stages"][s].get("seconds") for s in ORDER if s in manifest["stages"]}
@@ -271,6 +386,7 @@ class Pipeline:
                 "stage_seconds": times,
                 "total_seconds": round(sum(t for t in times.values() if t), 1),
                 "versions": _versions(),
+                "code": self.code,
             },
         )
         self._report()
@@ -296,23 +412,6 @@ class Pipeline:
 
     def _save_manifest(self, manifest: dict) -> None:
         write_json(self.manifest_path, manifest)
-
-
-def _flag(argv: Sequence[str], key: str) -> str | None:
-    value = None
-    for arg in argv:
-        if arg.startswith(f"--{key}="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def _yaml_value(path: str | None, keys: Sequence[str]) -> Any:
-    if not path or not Path(path).is_file():
-        return None
-    node: Any = yaml.safe_load(Path(path).read_text()) or {}
-    for key in keys:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 def _versions() -> dict[str, str]:

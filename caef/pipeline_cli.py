@@ -54,7 +54,20 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
     parser.add_argument("--data_root", "--data-root", dest="data_root", help="dataset root (default: the config's)")
     parser.add_argument("--from", dest="start", choices=ORDER, help="first stage to run")
     parser.add_argument("--until", choices=ORDER, help="last stage to run")
-    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--dry_run",
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="print what each stage would do and its command; writes nothing",
+    )
+    parser.add_argument(
+        "--keep_stale_code",
+        "--keep-stale-code",
+        dest="keep_stale_code",
+        action="store_true",
+        help="keep done stages computed by older caef code (same settings) instead of rerunning them",
+    )
     known, rest = parser.parse_known_args(list(argv))
     overrides: dict[str, list[str]] = {}
     for token in rest:
@@ -78,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(config, key, getattr(args, key))
     if args.name is None and overrides:  # a sweep point: its own run folder, stable for the same flags
         config.name = f"{config.name}-{hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
-    pipeline = Pipeline(config, {s: o for s, o in overrides.items() if s in config.stages})
+    pipeline = Pipeline(
+        config, {s: o for s, o in overrides.items() if s in config.stages}, keep_stale_code=args.keep_stale_code
+    )
     summary = pipeline.run(args.start, args.until, args.dry_run)
     if not args.dry_run:
         print("\n" + format_summary(summary))

@@ -7,10 +7,31 @@ One table, read by the pipeline (order, argv, resume and skip), the stage cache 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
+
+
+@dataclass(frozen=True)
+class Product:
+    """One thing a finished stage must have left behind under the run folder: a file, or (``{id}`` in the path)
+    one file per image id of the split the stage ran on, which ``split_key`` sets (a ``--<key>=`` flag of the stage
+    or its config; ``default_split`` otherwise)."""
+
+    path: str  # e.g. "classifier/last.ckpt", "cams/cgnet/{id}.npz"
+    split_key: str | None = None  # e.g. "data.predict_split" (Lightning) or "split" (caef crf --split)
+    default_split: str = "train_aug"
+
+    @property
+    def per_image(self) -> bool:
+        return "{id}" in self.path
+
+    def files(self, run_dir: Path, ids: Sequence[str]) -> list[Path]:
+        if not self.per_image:
+            return [run_dir / self.path]
+        return [run_dir / self.path.format(id=image_id) for image_id in ids]
 
 
 @dataclass(frozen=True)
@@ -20,9 +41,10 @@ class StageSpec:
     name: str
     command: tuple[str, ...]  # e.g. ("cgnet", "predict")
     needs: tuple[str, ...]
-    outputs: tuple[str, ...]  # paths under the run dir that must exist once it is done
+    outputs: tuple[str, ...]  # paths under the run dir that hold its results (removed on a fresh start, copied)
     checkpoint: str | None = None  # train stages: <run_dir>/<checkpoint> to resume from
     help: str = ""
+    products: tuple[Product, ...] = field(default_factory=tuple)  # what "done" means: checked by verify_products
 
     @property
     def trains(self) -> bool:
@@ -41,23 +63,76 @@ class StageSpec:
                 path.unlink()
 
 
+def verify_products(spec: StageSpec, run_dir: Path, ids: dict[Product, Sequence[str]]) -> list[tuple[Path, str]]:
+    """Every product of ``spec`` that is missing or unreadable, as ``(path, why)``; empty: the stage is done.
+    ``ids`` gives the image ids of each per-image product's split."""
+    bad = []
+    for product in spec.products:
+        for path in product.files(run_dir, ids.get(product, ())):
+            why = unreadable(path)
+            if why:
+                bad.append((path, why))
+    return bad
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a usable result (None: it is): missing, empty, or not loadable as its kind (a
+    checkpoint is loaded memory-mapped, a ``.npz`` opened with its arrays listed, a ``.png`` decoded)."""
+    try:
+        if not path.is_file():
+            return "missing"
+        if path.stat().st_size == 0:
+            return "empty"
+        if path.suffix == ".ckpt":
+            import torch
+
+            torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        elif path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as data:
+                if not {"cams", "classes"} <= set(data.files):
+                    return f"lacks cams/classes (holds {sorted(data.files)})"
+        elif path.suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.verify()
+    except Exception as exc:  # noqa: BLE001 -- any failure to read means the result must be written again
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+_CAMS = Product("cams/cgnet/{id}.npz", "data.predict_split")
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
         StageSpec("classifier", ("classifier", "fit"), (), ("classifier/last.ckpt",), "classifier/last.ckpt",
-                  "ordinary classifier"),
+                  "ordinary classifier", (Product("classifier/last.ckpt"),)),
         StageSpec("cgnet", ("cgnet", "fit"), ("classifier",), ("cgnet/last.ckpt",), "cgnet/last.ckpt",
-                  "CGNet (adversarial erasing against the frozen classifier)"),
-        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), ("cams/cgnet",), None, "CGNet CAM export"),
-        StageSpec("crf", ("crf",), ("cams",), ("seeds/low", "seeds/high"), None, "dense-CRF seeds"),
+                  "CGNet (adversarial erasing against the frozen classifier)", (Product("cgnet/last.ckpt"),)),
+        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), ("cams/cgnet",), None, "CGNet CAM export", (_CAMS,)),
+        StageSpec("crf", ("crf",), ("cams",), ("seeds/low", "seeds/high"), None, "dense-CRF seeds",
+                  (Product("seeds/low/{id}.png", "split"), Product("seeds/high/{id}.png", "split"))),
         StageSpec("affinity", ("affinity", "fit"), ("cgnet", "crf"), ("affinity/last.ckpt",), "affinity/last.ckpt",
-                  "AffinityNet"),
+                  "AffinityNet", (Product("affinity/last.ckpt"),)),
         StageSpec("pseudo", ("affinity", "predict"), ("affinity", "cams", "crf"), ("pseudo",), None,
-                  "random walk -> pseudo labels (scored)"),
+                  "random walk -> pseudo labels (scored)", (Product("pseudo/{id}.png", "data.predict_split"),)),
         StageSpec("deeplab", ("deeplab", "fit"), ("pseudo",), ("deeplab/last.ckpt",), "deeplab/last.ckpt",
-                  "DeepLab on pseudo labels"),
+                  "DeepLab on pseudo labels", (Product("deeplab/last.ckpt"),)),
         StageSpec("fully_supervised", ("deeplab", "fit"), (), ("fully_supervised/last.ckpt",),
-                  "fully_supervised/last.ckpt", "DeepLab on ground truth (upper bound)"),
+                  "fully_supervised/last.ckpt", "DeepLab on ground truth (upper bound)",
+                  (Product("fully_supervised/last.ckpt"),)),
     )
 }  # fmt: skip
 ORDER = tuple(STAGES)
+
+#: summary.json key prefixes each stage owns (what its score callbacks write): a stage's manifest entry keeps all
+#: of them, also those a rerun rewrote with an unchanged value
+SUMMARY_PREFIXES: dict[str, tuple[str, ...]] = {
+    "classifier": ("oc_",),
+    "cgnet": ("cgnet_",),
+    "pseudo": ("pseudo_label_", "crf_seed_", "thresholded_cam_"),
+    "deeplab": ("deeplab_val_",),
+    "fully_supervised": ("fully_supervised_val_",),
+}

@@ -1,0 +1,121 @@
+"""One stage process of ``caef pipeline``: started in its own process group, stopped as a whole on a signal.
+
+SIGTERM (what a scheduler sends) or SIGINT (Ctrl-C) to the pipeline raise :class:`Interrupted` in it; the stage's
+process group (the stage and its DataLoader workers) gets SIGTERM, then SIGKILL after a grace period, so nothing is
+left running to write into the run folder while a rerun starts. Also here: which checkpoint a stage resumes from.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+#: seconds a stopped stage gets to exit on SIGTERM before its process group is killed
+STOP_GRACE_S = 20.0
+
+
+class Interrupted(BaseException):
+    """The pipeline received ``signum``; a BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals(install: bool = True) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise :class:`Interrupted` (only possible in the main thread;
+    ``install=False`` leaves the handlers alone, e.g. for a pipeline run in a worker thread of ``caef sweep``)."""
+    if not install:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = None) -> int:
+    """Run ``cmd`` in a new process group and wait; on :class:`Interrupted` (or any error) stop the whole group
+    first, then re-raise. ``lock`` (a :class:`~caef.run_lock.RunLock`) records the group while it runs."""
+    process = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+    if lock is not None:
+        lock.note_stage(process.pid)
+    try:
+        return process.wait()
+    except BaseException:
+        stop_group(process)
+        raise
+    finally:
+        if lock is not None and process.poll() is not None:
+            lock.note_stage(None)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float | None = None) -> None:
+    """SIGTERM to the process group of ``process``, SIGKILL to what is left after ``grace_s`` seconds."""
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    with _signals_ignored():  # a second Ctrl-C must not cut the stopping short
+        _stop(process, grace_s)
+    print(f"[caef pipeline] stopped the stage (process group {process.pid})", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop(process: subprocess.Popen, grace_s: float) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader exited; workers of the group may still be there
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+
+
+def resume_checkpoint(last: Path) -> Path | None:
+    """The checkpoint a training stage resumes from: ``last`` if it loads, else the newest other readable
+    checkpoint beside it (saying so), else None (the stage starts again)."""
+    from caef.stage_graph import unreadable
+
+    why = unreadable(last)
+    if why is None:
+        return last
+    others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
+    for other in reversed(others):
+        if unreadable(other) is None:
+            print(f"[caef pipeline] {last} is {why}: resuming from {other}", flush=True)
+            return other
+    if why != "missing":
+        print(f"[caef pipeline] {last} is {why} and no other checkpoint is readable: the stage starts again")
+    return None
