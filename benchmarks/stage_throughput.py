@@ -115,6 +115,17 @@ def _build(kind: str, sizes: dict[str, Any], num_classes: int, workdir: Path, ch
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def _build_on(device: torch.device, kind: str, sizes: dict[str, Any], num_classes: int, workdir: Path, cl: bool):
+    """The module on ``device``, its weights initialised there (a full-width ResNet-38 takes seconds to initialise
+    on a CPU, and the check builds a few dozen); built on the CPU and moved if that fails."""
+    try:
+        with torch.device(device):
+            return _build(kind, sizes, num_classes, workdir, cl).to(device)
+    except (RuntimeError, NotImplementedError, TypeError):
+        free_device_memory(device)
+        return _build(kind, sizes, num_classes, workdir, cl).to(device)
+
+
 def _work(kind: str, module, sizes: dict[str, Any], num_classes: int, device: torch.device, bf16: bool, cl: bool):
     """A zero-argument callable doing one step (training kinds) or one batch of inference."""
     generator = torch.Generator().manual_seed(0)
@@ -192,7 +203,7 @@ def measure(
     free_device_memory(device)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="caef-gpu-check-") as workdir:
-        module = _build(kind, sizes, num_classes, Path(workdir), cl).to(device)
+        module = _build_on(device, kind, sizes, num_classes, Path(workdir), cl)
         try:
             fn = _work(kind, module, sizes, num_classes, device, bf16, cl)
             times = time_calls(fn, device, scale.warmup, scale.steps)
