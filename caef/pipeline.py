@@ -265,7 +265,7 @@ class Pipeline:
         if action == "skip":
             self._tracked(stage, manifest)
             return
-        if action == "fresh" and self._reuse_cached(stage, fingerprint, inputs, manifest):
+        if action == "fresh" and self._reuse_cached(stage, fingerprint, inputs, manifest, why):
             return
         if action in ("resume", "repair"):
             self.outputs.drop_unreadable(stage, self.run_dir)
@@ -316,7 +316,7 @@ class Pipeline:
         if self.tracker is not None:
             self.tracker.stage_finished(stage, dict(entry.get("summary") or {}), entry.get("seconds"))
 
-    def _reuse_cached(self, stage: str, fingerprint: str, inputs: dict, manifest: dict) -> bool:
+    def _reuse_cached(self, stage: str, fingerprint: str, inputs: dict, manifest: dict, why: str) -> bool:
         """A stage with the same fingerprint and inputs finished (verified) in another run: copy it."""
         entry = self.cache.copy(stage, fingerprint, self.config.name, inputs, lambda d: self._verify(stage, d))
         if entry is None:
@@ -324,7 +324,8 @@ class Pipeline:
         manifest["stages"][stage] = entry
         self._save_manifest(manifest)
         print(
-            f"[caef pipeline] {stage}: same inputs, config and code as in {entry['cached_from']} -- copied", flush=True
+            f"[caef pipeline] {stage}: {why}; same inputs, config and code as in {entry['cached_from']} -- copied",
+            flush=True,
         )
         self._tracked(stage, manifest)
         return True

@@ -1,0 +1,75 @@
+"""Case 10: SIGTERM (a scheduler) or SIGINT (Ctrl-C) to ``caef pipeline`` stops the running stage's whole process
+group, marks the stage ``interrupted`` and ends with one line, no traceback; nothing is left running, and the same
+command resumes the stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from caef.pipeline import Pipeline, PipelineConfig
+from tests.reliability.fake_stage import fake_python
+from tests.reliability.pipeline_fixtures import experiment, manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _interrupt(tmp_path: Path, tiny_synth: Path, sig: signal.Signals) -> None:
+    yaml = experiment(tmp_path, tiny_synth, "{crf: {}}", name="stopped")
+    pids = tmp_path / "pids.json"
+    driver = (
+        "import sys; from caef.cli import main; "
+        f"sys.executable = {fake_python(tmp_path)!r}; "
+        f"sys.exit(main(['pipeline', {str(yaml)!r}, '--runs_root={tmp_path / 'runs'}']))"
+    )
+    env = os.environ | {"FAKE_STAGE": "sleep", "FAKE_PIDS": str(pids), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not pids.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    stage_pids = json.loads(pids.read_text())
+    assert all(_alive(pid) for pid in stage_pids)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.startswith("caef: error:")]
+    assert process.returncode == 2 and "Traceback" not in err, err
+    assert lines == [
+        f"caef: error: interrupted by {sig.name} during stage 'crf' (its processes were stopped); rerun the same "
+        "command to resume"
+    ], err
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in stage_pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in stage_pids), "a stage process was left running"
+    run_dir = tmp_path / "runs" / "stopped"
+    assert manifest(run_dir)["stages"]["crf"]["status"] == "interrupted"
+    assert json.loads((run_dir / ".lock").read_text() or "{}") == {}  # released
+
+
+def test_sigterm_stops_the_stage_group_and_the_rerun_resumes(tmp_path, tiny_synth, capsys):
+    _interrupt(tmp_path, tiny_synth, signal.SIGTERM)
+    config = PipelineConfig.load(tmp_path / "stopped.yaml")
+    config.runs_root = str(tmp_path / "runs")
+    capsys.readouterr()
+    Pipeline(config).run(dry_run=True)
+    assert "crf (dense-CRF seeds): interrupted -- resuming" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_too(tmp_path, tiny_synth):
+    _interrupt(tmp_path, tiny_synth, signal.SIGINT)
