@@ -144,10 +144,9 @@ def shipped_experiment_folders() -> list[Path]:
     try:
         from importlib.resources import files
 
-        folder = Path(str(files("caef.experiments")))
-        if folder.is_dir():
-            folders.append(folder)
-    except (ModuleNotFoundError, TypeError, ValueError):
+        # a namespace package's files() is a MultiplexedPath: its entries are real paths of its folder(s)
+        folders += sorted({Path(str(entry)).parent for entry in files("caef.experiments").iterdir()})
+    except (ModuleNotFoundError, TypeError, ValueError, OSError):
         pass
     checkout = Path(caef.__file__).resolve().parents[1] / "experiments"
     if checkout.is_dir() and checkout not in folders:
