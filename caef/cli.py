@@ -97,7 +97,8 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             parser.add_argument(
                 "--stage_dir", default=None, help="folder name under run_dir for this stage (default: the stage name)"
             )
-            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+            target = "model.init_args.num_classes" if self.subclass_mode_model else "model.num_classes"
+            parser.link_arguments("data.num_classes", target, apply_on="instantiate")
 
         def parse_arguments(self, parser, args) -> None:
             # `args` are explicit, so no warning about a command line also being there; sys.argv stays whole
@@ -118,7 +119,10 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
             from caef.errors import CaefError
 
             try:
-                self._merge_checkpoint_hyperparameters()
+                if self.subclass_mode_model:
+                    self._merge_checkpoint_hyperparameters()
+                else:
+                    super()._parse_ckpt_path()
             except SystemExit:
                 raise
             except Exception as exc:
@@ -224,11 +228,45 @@ def stage_cli(stage: str, args: Sequence[str], run: bool = True):
         _import(datamodule_path),
         args=list(args),
         run=run,
-        subclass_mode_model=True,  # --model=mypkg.MyErasing: any subclass of the stage's module (its default)
+        subclass_mode_model=names_a_model_class(args),  # --model=mypkg.MyErasing: a subclass of the stage's module
         save_config_callback=StageConfigSaver,
         save_config_kwargs={"save_to_log_dir": False},
         parser_kwargs={"prog": f"caef {stage}"},
     )
+
+
+def names_a_model_class(args: Sequence[str]) -> bool:
+    """Whether the model is chosen by class path: ``--model=<class>`` / ``--model.class_path``, a ``--config`` with
+    ``model.class_path``, or a ``--ckpt_path`` saved that way. Only then does the stage CLI take the model in
+    LightningCLI's subclass mode; plain runs keep the plain model arguments (and jsonargparse's one-line errors)."""
+    import yaml
+
+    def value(index: int, arg: str) -> str | None:
+        return arg.split("=", 1)[1] if "=" in arg else (args[index + 1] if index + 1 < len(args) else None)
+
+    for index, arg in enumerate(args):
+        if arg in ("--model", "--model.class_path") or arg.startswith(("--model=", "--model.class_path=")):
+            return True
+        if arg in ("-c", "--config") or arg.startswith("--config="):
+            path = value(index, arg)
+            try:
+                model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") if path else None
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue  # the parser reports an unreadable config itself
+            if isinstance(model, dict) and "class_path" in model:
+                return True
+        if arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
+            path = value(index, arg)
+            if path and Path(path).is_file():
+                import torch
+
+                try:
+                    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception:  # noqa: BLE001 -- the CLI reports an unreadable checkpoint itself
+                    continue
+                if isinstance(checkpoint, dict) and "_class_path" in (checkpoint.get("hyper_parameters") or {}):
+                    return True
+    return False
 
 
 def _pipeline_context() -> dict:
@@ -283,7 +321,7 @@ def fill_run_layout(config: Any, stage: str) -> None:
                 ]
     if "seed_dir" in config.data and not config.data.seed_dir:
         config.data.seed_dir = str(run_dir / "seeds")
-    model = config.model.init_args  # the model is a subclass-mode entry: class_path + init_args
+    model = config.model.get("init_args", config.model)  # subclass mode: class_path + init_args
     if "ordinary_classifier" in model and not model.ordinary_classifier:
         model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
 

@@ -43,7 +43,10 @@ def check_stage_flags(stage_name: str, config_path: str | Path | None, flags: Se
 def _check_cached(stage_name: str, command: tuple[str, ...], config: str | None, flags: tuple[str, ...]) -> None:
     if command[0] in LIGHTNING_STAGES:
         argv = [*command[1:], *(["--config", config] if config else []), *flags]
-        message = _parse_errors(lambda: _lightning_parser(command[0]).parse_args(argv))
+        from caef.cli import names_a_model_class
+
+        parser = _lightning_parser(command[0], names_a_model_class(argv))
+        message = _parse_errors(lambda: parser.parse_args(argv))
     elif command == ("crf",):
         message = _check_crf(flags)
     else:  # a stage without its own flags
@@ -53,8 +56,9 @@ def _check_cached(stage_name: str, command: tuple[str, ...], config: str | None,
 
 
 @cache
-def _lightning_parser(command: str) -> Any:
-    """The LightningCLI parser of ``caef <command>``, captured once built (nothing parsed or instantiated)."""
+def _lightning_parser(command: str, subclass_mode: bool = False) -> Any:
+    """The LightningCLI parser of ``caef <command>``, captured once built (nothing parsed or instantiated); with
+    ``subclass_mode`` the one a ``--model=<class path>`` command line gets."""
     from unittest import mock
 
     from lightning.pytorch.cli import LightningCLI
@@ -69,7 +73,7 @@ def _lightning_parser(command: str) -> Any:
 
     with mock.patch.object(LightningCLI, "setup_parser", build_then_stop):
         try:
-            stage_cli(command, [])
+            stage_cli(command, ["--model.class_path"] if subclass_mode else [])
         except _Parsed as built:
             return built.owner.parser
     raise RuntimeError(f"caef {command}: the LightningCLI did not stop after building its parser")  # pragma: no cover
