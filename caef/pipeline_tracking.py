@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +132,17 @@ class WandbPipelineTracker(PipelineTracker):
 
             facts = dict(self.context.get("config") or {})
             config = facts | dict(self.params)
-            self._run = wandb.init(
-                id=self.run_id,
-                group=self.context.get("group") or self.run_name,
-                job_type="pipeline",
-                name=self.run_name,
-                tags=list(self.context.get("tags") or []),
-                config=config,
-                dir=None if self.run_dir is None else str(self._wandb_parent()),
-                reinit="create_new",
-            )
+            with signals_deferred():  # a Ctrl-C inside init would leave a run that no one can close
+                self._run = wandb.init(
+                    id=self.run_id,
+                    group=self.context.get("group") or self.run_name,
+                    job_type="pipeline",
+                    name=self.run_name,
+                    tags=list(self.context.get("tags") or []),
+                    config=config,
+                    dir=None if self.run_dir is None else str(self._wandb_parent()),
+                    reinit="create_new",
+                )
             self.run_id = self._run.id
         return self._run
 
@@ -169,24 +173,27 @@ class WandbPipelineTracker(PipelineTracker):
         """Log the stage's ``summary.json`` metrics (those not logged yet with the same value) and its run id."""
         if seconds is not None:
             self.stage_seconds[stage] = seconds
-        self._log_new(summary)
-        self._log_stage_runs()
+        with signals_deferred():
+            self._log_new(summary)
+            self._log_stage_runs()
 
     def finish(self, summary: dict[str, Any], run_dir: Path) -> None:
         """Log what is left of the summary (stage times, totals), the stage runs and the report; close the run."""
         if self._closed:
             return
         self.run_dir = self.run_dir or Path(run_dir)
-        self._log_new(summary)
-        self._log_stage_runs()
-        self._log_report(Path(run_dir), summary)
-        self._close("finished", 0)
+        with signals_deferred():
+            self._log_new(summary)
+            self._log_stage_runs()
+            self._log_report(Path(run_dir), summary)
+            self._close("finished", 0)
 
     def abort(self, status: str = "interrupted", exit_code: int = 130) -> None:
         """Close the run early: ``pipeline_status`` says why, the exit code marks it failed in W&B (a run the
         pipeline never opened stays unopened)."""
         if self._run is not None and not self._closed:
-            self._close(status, exit_code)
+            with signals_deferred():
+                self._close(status, exit_code)
 
     def _close(self, status: str, exit_code: int) -> None:
         self.run.summary["pipeline_status"] = status
@@ -236,6 +243,28 @@ class WandbPipelineTracker(PipelineTracker):
         self.run.log(tables | images)
         if (run_dir / "report.md").is_file():
             self.run.save(str(run_dir / "report.md"), base_path=str(run_dir), policy="now")
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM/SIGINT arriving in the block are delivered when it ends: W&B calls (opening, logging, closing the
+    run) are not cut short, so the pipeline's handler finds the run in a state it can close as interrupted. Only the
+    main thread can handle signals; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def sweep_params(environ: Mapping[str, str], fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -114,3 +114,30 @@ def test_sweep_parameters_come_from_the_agent_file_else_from_the_flags(tmp_path)
     assert params_from_overrides({"cgnet": ["--model.masking_depth=3", "--model.erasing=false"]}) == {
         "cgnet.model.masking_depth": 3, "cgnet.model.erasing": False}  # fmt: skip
     assert "WANDB_RUN_ID" in RUN_BINDING_VARIABLES and "WANDB_SWEEP_PARAM_PATH" in RUN_BINDING_VARIABLES
+
+
+def test_a_signal_during_a_wandb_call_is_delivered_after_it():
+    """SIGTERM while the tracker opens or closes the run (wandb.init takes seconds) must not cut W&B short: the
+    pipeline's handler runs when the call is done, and finds a run it can close."""
+    import os
+    import signal
+
+    from caef.pipeline_tracking import signals_deferred
+
+    class Stop(BaseException):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    steps = []
+    try:
+        with pytest.raises(Stop):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after the signal, inside the W&B call")
+        assert steps == ["after the signal, inside the W&B call"]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def run_pipeline(tmp_path: Path, tiny_synth, tiny_synth_config, agent: bool) -> tuple[Path, list[OfflineRun]]:
+def pipeline_command(tmp_path: Path, tiny_synth, tiny_synth_config, agent: bool) -> tuple[list[str], dict]:
     """`caef pipeline experiments/demo.yaml --until cgnet --cgnet.model.masking_depth=3` with the stages' W&B
-    logger on (the tiny flags turn it off), as its own process; returns the run folder and every offline run
-    written anywhere under ``tmp_path``."""
+    logger on (the tiny flags turn it off) and, with ``agent``, the variables `wandb agent` sets for one point."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "agent"),
             "WANDB_CONFIG_DIR": str(tmp_path / "config"), "WANDB_CACHE_DIR": str(tmp_path / "cache"),
@@ -36,12 +37,17 @@ def run_pipeline(tmp_path: Path, tiny_synth, tiny_synth_config, agent: bool) -> 
         config_util.save_config_file_from_dict(str(params), {"cgnet.model.masking_depth": {"value": 3}})
         env |= {"WANDB_SWEEP_ID": "sweep123", "WANDB_RUN_ID": "agentrun1", "WANDB_SWEEP_PARAM_PATH": str(params)}
     flags = [f for f in tiny_flags(tiny_synth, tiny_synth_config) if f != "--all.trainer.logger=false"]
-    runs = tmp_path / "runs"
-    argv = [sys.executable, "-m", "caef.cli", "pipeline", "experiments/demo.yaml", "--name=md3", f"--runs_root={runs}",
-            "--until=cgnet", *flags, "--cgnet.model.masking_depth=3"]  # fmt: skip
+    argv = [sys.executable, "-m", "caef.cli", "pipeline", "experiments/demo.yaml", "--name=md3",
+            f"--runs_root={tmp_path / 'runs'}", "--until=cgnet", *flags, "--cgnet.model.masking_depth=3"]  # fmt: skip
+    return argv, env
+
+
+def run_pipeline(tmp_path: Path, tiny_synth, tiny_synth_config, agent: bool) -> tuple[Path, list[OfflineRun]]:
+    """Run it as its own process; the run folder and every offline run written anywhere under ``tmp_path``."""
+    argv, env = pipeline_command(tmp_path, tiny_synth, tiny_synth_config, agent)
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    return runs / "md3", offline_runs(tmp_path)
+    return tmp_path / "runs" / "md3", offline_runs(tmp_path)
 
 
 def metrics_of(summary: dict) -> dict:
@@ -91,3 +97,23 @@ def test_a_plain_run_logs_one_run_per_stage_and_none_of_its_own(tmp_path, tiny_s
     assert all(run.path.is_relative_to(run_dir / "wandb") for run in runs)
     for run in runs:
         assert run.config["pipeline"]["masking_depth"] == 3 and "pipeline_run_id" not in run.config["pipeline"]
+
+
+def test_a_signal_forwarded_by_the_agent_closes_its_run_as_interrupted(tmp_path, tiny_synth, tiny_synth_config):
+    """`wandb agent --forward-signals` passes SIGTERM to the pipeline process only; the pipeline stops its stage and
+    the agent's run ends with exit code 128 + 15 and ``pipeline_status: interrupted``."""
+    argv, env = pipeline_command(tmp_path, tiny_synth, tiny_synth_config, agent=True)
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "runs" / "md3" / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.is_file() and '"running"' in manifest.read_text():
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "interrupted by SIGTERM" in err, err[-2000:]
+    (run,) = [run for run in offline_runs(tmp_path) if run.id == "agentrun1"]
+    assert run.job_type == "pipeline" and run.exit_code == 128 + signal.SIGTERM
+    assert run.summary["pipeline_status"] == "interrupted"

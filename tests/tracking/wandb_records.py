@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def records(path: Path):
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or pos + length > len(data):  # the end, or a chunk still being written
             break
         payload += data[pos : pos + length]
         pos += length
@@ -87,7 +88,14 @@ def read_run(path: Path) -> OfflineRun:
     return run
 
 
-def offline_runs(root: Path) -> list[OfflineRun]:
-    """Every offline run under ``root`` (each ``.wandb`` file once: ``latest-run`` is a link to one of them)."""
-    files = {p.resolve() for p in root.rglob("*.wandb")}
-    return [read_run(p) for p in sorted(files)]
+def offline_runs(root: Path, timeout_s: float = 30.0) -> list[OfflineRun]:
+    """Every offline run under ``root`` (each ``.wandb`` file once: ``latest-run`` is a link to one of them).
+
+    W&B's service writes the file after ``finish()`` returns (and after the process that logged exits), so this
+    waits up to ``timeout_s`` for every run's exit record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = [read_run(p) for p in sorted({p.resolve() for p in root.rglob("*.wandb")})]
+        if all(run.exit_code is not None for run in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
