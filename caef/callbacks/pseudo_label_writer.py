@@ -23,7 +23,13 @@ from caef.cam_files import load_cams
 from caef.data.source import write_mask
 from caef.errors import CaefError
 from caef.stages.crf import CRFSeedConfig, dense_crf
-from caef.stages.random_walk import labels_from_scores, walked_scores
+from caef.stages.random_walk import (
+    DENSE_WALK_NODES,
+    MAX_WALK_PIXELS,
+    check_walk_size,
+    labels_from_scores,
+    walked_scores,
+)
 
 
 class PseudoLabelWriter(BasePredictionWriter):
@@ -35,6 +41,10 @@ class PseudoLabelWriter(BasePredictionWriter):
     crf: run a dense CRF after the walk (the reference's pairwise terms, as ``caef crf``); off by default, as in
         PSA's ``infer_aff.py``.
     overwrite: recompute labels that already exist (default: keep them, so a rerun resumes).
+    max_walk_pixels: largest image (pixels) walked; a larger one stops the stage before its features are computed,
+        naming the image (default 4096 * 4096; the sparse walk needs about 200 MB per megapixel).
+    dense_walk_nodes: largest stride-8 grid walked with PSA's dense matrix (bit for bit as PSA); larger grids take
+        the sparse walk (the same product up to float rounding order).
     """
 
     def __init__(
@@ -47,18 +57,29 @@ class PseudoLabelWriter(BasePredictionWriter):
         radius: int | None = None,
         crf: bool = False,
         overwrite: bool = False,
+        max_walk_pixels: int = MAX_WALK_PIXELS,
+        dense_walk_nodes: int = DENSE_WALK_NODES,
     ):
         super().__init__(write_interval="batch")
         self.cam_dir = Path(cam_dir) if cam_dir else None
         self.output_dir = Path(output_dir) if output_dir else None
         self.alpha, self.beta, self.logt, self.radius, self.overwrite = alpha, beta, logt, radius, overwrite
         self.crf = crf
+        self.max_walk_pixels, self.dense_walk_nodes = max_walk_pixels, dense_walk_nodes
         self.crf_params = CRFSeedConfig().crf_params()  # the reference's pairwise terms, as `caef crf`
         self.written = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "predict" and (self.cam_dir is None or self.output_dir is None):
             raise CaefError("PseudoLabelWriter needs cam_dir (CAM files) and output_dir (where labels go)")
+
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Refuse an image too large for the walk before the network computes its features."""
+        height, width = batch["image"].shape[-2:]
+        for image_id in batch["id"]:
+            check_walk_size(image_id, int(height), int(width), self.max_walk_pixels)
 
     def write_on_batch_end(
         self,
@@ -74,6 +95,7 @@ class PseudoLabelWriter(BasePredictionWriter):
         num_classes, palette = datamodule.num_classes, datamodule.source.palette
         height, width = batch["image"].shape[-2:]
         for image_id, features in zip(prediction["id"], prediction["features"]):
+            check_walk_size(image_id, int(height), int(width), self.max_walk_pixels)
             out = self.output_dir / f"{image_id}.png"
             if out.is_file() and not self.overwrite:
                 continue
@@ -84,7 +106,7 @@ class PseudoLabelWriter(BasePredictionWriter):
             )  # fmt: skip
             scores = walked_scores(
                 torch.from_numpy(cams), features, self.alpha, self.beta, self.logt,
-                radius=self.radius or pl_module.hparams.radius,
+                radius=self.radius or pl_module.hparams.radius, dense_nodes=self.dense_walk_nodes,
             ).float().cpu()  # fmt: skip
             if self.crf:
                 probs = np.clip(scores.numpy(), 1e-8, None)
