@@ -193,15 +193,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entity is None:
         raise CaefError("caef dashboard needs --entity (or WANDB_ENTITY) to save a report (--dry_run needs none)")
     classes = classes_of(results, metric)
-    if not classes and not args.dry_run:
-        classes = _classes_online(entity, args.project, metric, args.sweep, groups)
-    report = build_report(entity, args.project, kind, metric, args.sweep, groups, results, classes, bool(args.dry_run))
     if args.dry_run:
+        report = build_report(entity, args.project, kind, metric, args.sweep, groups, results, classes, offline=True)
         text = report_spec(report)
         load_spec(text)
         write_text(args.dry_run, text + "\n")
         print(f"report spec ({kind}, {metric}) written to {args.dry_run}; checked with wandb-workspaces' model")
         return 0
-    report.save()
+    try:
+        classes = classes or _classes_online(entity, args.project, metric, args.sweep, groups)
+        report = build_report(entity, args.project, kind, metric, args.sweep, groups, results, classes)
+        report.save()
+    except CaefError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- login, network, unknown entity/project: one line, not a traceback
+        raise CaefError(
+            f"could not save the report to W&B {entity}/{args.project}: {type(exc).__name__}: {exc} "
+            "(`wandb login`; or write the spec offline with --dry_run OUT.json)"
+        ) from exc
     print(report.url)
     return 0
