@@ -7,6 +7,8 @@ masks are palette PNGs written byte-by-byte with the VOC colour map computed her
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -264,3 +266,65 @@ def make_voc_tree(
         "aug_masks": aug_masks,
         "sizes": sizes,
     }
+
+
+# -- MXNet .params writers (test-only: fabricate ademxapp files for the reader in caef) ---------------------------
+#: MXNet's NDArray list format (apache/mxnet src/ndarray/ndarray.cc), written here independently of caef's reader
+_MX_LIST_MAGIC, _MX_NDARRAY_V2_MAGIC, _MX_CPU_CONTEXT = 0x112, 0xF993FAC9, (1, 0)
+_MX_TYPE_FLAG_DTYPES = {
+    0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtype("u1"), 4: np.dtype("<i4"),
+    5: np.dtype("i1"), 6: np.dtype("<i8"), 7: np.dtype("?"), 8: np.dtype("<i2"), 9: np.dtype("<u2"),
+    10: np.dtype("<u4"), 11: np.dtype("<u8"),
+}  # fmt: skip
+_MX_BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}
+_MX_AUX_STATS = ("moving_mean", "moving_var")
+_PSA_BLOCK_NAME = re.compile(r"^b(\d)(?:_(\d+))?\.(conv|bn)_(branch[0-9a-z]+)\.(\w+)$")
+
+
+def save_mxnet_params(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as MXNet does (V2 dense NDArrays on cpu(0)), to fabricate test checkpoints."""
+    flags = {dtype.newbyteorder("="): flag for flag, dtype in _MX_TYPE_FLAG_DTYPES.items()}
+    chunks = [struct.pack("<QQQ", _MX_LIST_MAGIC, 0, len(arrays))]
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.ndim == 0:
+            raise ValueError(f"array {name!r} is 0-d; the V2 NDArray format cannot store it, reshape it to (1,)")
+        flag = flags.get(array.dtype.newbyteorder("="))
+        if flag is None:
+            raise ValueError(f"array {name!r} has dtype {array.dtype}, which MXNet files cannot store")
+        little = np.ascontiguousarray(array, dtype=_MX_TYPE_FLAG_DTYPES[flag])
+        chunks.append(struct.pack("<Iii", _MX_NDARRAY_V2_MAGIC, 0, array.ndim))
+        chunks.append(struct.pack(f"<{array.ndim}q", *array.shape))
+        chunks.append(struct.pack("<iii", *_MX_CPU_CONTEXT, flag))
+        chunks.append(little.tobytes())
+    chunks.append(struct.pack("<Q", len(arrays)))
+    for name in arrays:
+        encoded = name.encode("utf-8")
+        chunks.append(struct.pack("<Q", len(encoded)) + encoded)
+    Path(path).write_bytes(b"".join(chunks))
+
+
+def resnet38_state_to_mxnet(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`convert_mxnet_to_resnet38` (``num_batches_tracked`` dropped), to fabricate ademxapp files."""
+    params: dict[str, np.ndarray] = {}
+    for key, tensor in state_dict.items():
+        array = tensor.detach().cpu().numpy().copy()
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key == "conv1a.weight":
+            params["arg:conv1a_weight"] = array
+        elif key.startswith("bn7."):
+            mx_param = _MX_BN_NAMES[key.split(".", 1)[1]]
+            params[f"{'aux' if mx_param in _MX_AUX_STATS else 'arg'}:bn7_{mx_param}"] = array
+        elif match := _PSA_BLOCK_NAME.match(key):
+            stage, index, layer, branch, param = match.groups()
+            block = "a" if index is None else f"b{index}"
+            if layer == "conv":
+                params[f"arg:res{stage}{block}_{branch}_weight"] = array
+            else:
+                mx_param = _MX_BN_NAMES[param]
+                prefix = "aux" if mx_param in _MX_AUX_STATS else "arg"
+                params[f"{prefix}:bn{stage}{block}_{branch}_{mx_param}"] = array
+        else:
+            raise ValueError(f"state dict key {key!r} is not a ResNet-38 trunk parameter")
+    return params

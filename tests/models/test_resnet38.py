@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import resnet38_state_to_mxnet, save_mxnet_params
 from torch import nn
 
 from caef.errors import CaefError
-from caef.models.backbones.mxnet_params import (
-    convert_mxnet_to_resnet38,
-    load_mxnet_params,
-    resnet38_state_to_mxnet,
-    save_mxnet_params,
-)
+from caef.models.backbones.mxnet_params import convert_mxnet_to_resnet38, load_mxnet_params
 from caef.models.backbones.resnet38 import ResNet38, convert_reference_state_dict
 
 WIDTH = 0.0625  # channels 4, 8, 16, 32, 64, 128, 256

@@ -1,4 +1,4 @@
-"""MXNet ``.params`` (NDArray list) files read and written without MXNet, for the ImageNet ResNet-38.
+"""MXNet ``.params`` (NDArray list) files read without MXNet, for the ImageNet ResNet-38.
 
 The ImageNet weights of ResNet-38 exist only as ademxapp's MXNet file
 ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``; MXNet no longer installs on current Pythons, so the format is
@@ -34,7 +34,6 @@ LIST_MAGIC = 0x112
 NDARRAY_V1_MAGIC = 0xF993FAC8
 NDARRAY_V2_MAGIC = 0xF993FAC9
 NDARRAY_V3_MAGIC = 0xF993FACA
-CPU_CONTEXT = (1, 0)  # (dev_type kCPU, dev_id)
 
 # mshadow TypeFlag -> numpy dtype (little-endian); 12 (bfloat16) has no numpy dtype.
 TYPE_FLAG_DTYPES: dict[int, np.dtype] = {
@@ -143,37 +142,11 @@ def _read_int64_shape(reader: _Reader, what: str, signed_ndim: bool) -> tuple[in
     return reader.unpack(f"{ndim}q", f"the shape of {what}") if ndim else ()
 
 
-def save_mxnet_params(path: str | PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as MXNet does (V2 dense NDArrays on cpu(0)), e.g. to fabricate test checkpoints."""
-    flags = {dtype.newbyteorder("="): flag for flag, dtype in TYPE_FLAG_DTYPES.items()}
-    chunks = [struct.pack("<QQQ", LIST_MAGIC, 0, len(arrays))]
-    for name, array in arrays.items():
-        array = np.asarray(array)
-        if array.ndim == 0:
-            raise CaefError(f"array {name!r} is 0-d; the V2 NDArray format cannot store it, reshape it to (1,)")
-        flag = flags.get(array.dtype.newbyteorder("="))
-        if flag is None:
-            raise CaefError(f"array {name!r} has dtype {array.dtype}, which MXNet files cannot store")
-        little = np.ascontiguousarray(array, dtype=TYPE_FLAG_DTYPES[flag])
-        chunks.append(struct.pack("<Iii", NDARRAY_V2_MAGIC, 0, array.ndim))
-        chunks.append(struct.pack(f"<{array.ndim}q", *array.shape))
-        chunks.append(struct.pack("<iii", *CPU_CONTEXT, flag))
-        chunks.append(little.tobytes())
-    chunks.append(struct.pack("<Q", len(arrays)))
-    for name in arrays:
-        encoded = name.encode("utf-8")
-        chunks.append(struct.pack("<Q", len(encoded)) + encoded)
-    Path(path).write_bytes(b"".join(chunks))
-
-
 # -- ademxapp names <-> PSA names ---------------------------------------------------------------------
 _BN_MX_TO_TORCH = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_var": "running_var"}
-_BN_TORCH_TO_MX = {torch_name: mx_name for mx_name, torch_name in _BN_MX_TO_TORCH.items()}
-_AUX_STATS = ("moving_mean", "moving_var")
 # e.g. res4b3_branch2a_weight, bn5a_branch2b1_moving_var: stage digit, block letter (+ index), branch
 _BRANCH_NAME = re.compile(r"^(res|bn)(\d)(a|[b-z]\d+)_(branch[0-9a-z]+)_(weight|gamma|beta|moving_mean|moving_var)$")
 _FINAL_BN_NAME = re.compile(r"^bn7_(gamma|beta|moving_mean|moving_var)$")
-_TORCH_BLOCK_NAME = re.compile(r"^b(\d)(?:_(\d+))?\.(conv|bn)_(branch[0-9a-z]+)\.(\w+)$")
 
 
 def convert_mxnet_to_resnet38(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -197,29 +170,3 @@ def convert_mxnet_to_resnet38(params: dict[str, np.ndarray]) -> dict[str, torch.
             else:
                 state[f"{block_name}.bn_{branch}.{_BN_MX_TO_TORCH[param]}"] = tensor
     return state
-
-
-def resnet38_state_to_mxnet(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Inverse of :func:`convert_mxnet_to_resnet38` (``num_batches_tracked`` dropped), to fabricate ademxapp files."""
-    params: dict[str, np.ndarray] = {}
-    for key, tensor in state_dict.items():
-        array = tensor.detach().cpu().numpy().copy()
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key == "conv1a.weight":
-            params["arg:conv1a_weight"] = array
-        elif key.startswith("bn7."):
-            mx_param = _BN_TORCH_TO_MX[key.split(".", 1)[1]]
-            params[f"{'aux' if mx_param in _AUX_STATS else 'arg'}:bn7_{mx_param}"] = array
-        elif match := _TORCH_BLOCK_NAME.match(key):
-            stage, index, layer, branch, param = match.groups()
-            block = "a" if index is None else f"b{index}"
-            if layer == "conv":
-                params[f"arg:res{stage}{block}_{branch}_weight"] = array
-            else:
-                mx_param = _BN_TORCH_TO_MX[param]
-                prefix = "aux" if mx_param in _AUX_STATS else "arg"
-                params[f"{prefix}:bn{stage}{block}_{branch}_{mx_param}"] = array
-        else:
-            raise CaefError(f"state dict key {key!r} is not a ResNet-38 trunk parameter")
-    return params
