@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from caef.errors import CaefError
 from caef.pipeline import ORDER, STAGES, Pipeline, PipelineConfig
 from caef.pipeline_cli import format_summary, parse_args
 from caef.pipeline_cli import main as pipeline_main
@@ -158,8 +159,6 @@ def test_voc_full_without_data_fails_fast_with_instructions(tmp_path):
     ],
 )
 def test_bad_pipeline_configs_are_clear_errors(tmp_path, text, message):
-    from caef.errors import CaefError
-
     path = tmp_path / "p.yaml"
     path.write_text(text)
     with pytest.raises(CaefError, match=None) as err:
@@ -193,3 +192,27 @@ def test_local_sweep_shares_the_classifier_and_writes_table_and_plot(tmp_path, t
     out = tmp_path / "runs" / "sweeps" / "depth"
     assert (out / "cgnet_cam_miou.png").stat().st_size > 0
     assert "| cgnet.model.masking_depth |" in (out / "table.md").read_text()
+
+
+def test_run_placeholders_in_stage_args_name_an_upstream_stage(tmp_path):
+    """``{run}`` in a stage's args is the run folder; ``{run}/<stage>/`` makes that stage an input of it (ordering,
+    fingerprint), so DeepLab initialised from the CGNet reruns when the CGNet does."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"name: x\nstages:\n  cgnet: {{config: {ROOT / 'experiments/cgnet/demo.yaml'}}}\n"
+        f"  deeplab: {{config: {ROOT / 'experiments/deeplab/demo.yaml'}, "
+        "args: ['--model.init_checkpoint={run}/cgnet/last.ckpt']}\n"
+    )
+    config = PipelineConfig.load(path)
+    config.runs_root = str(tmp_path / "runs")
+    pipeline = Pipeline(config)
+    assert f"--model.init_checkpoint={tmp_path / 'runs' / 'x' / 'cgnet' / 'last.ckpt'}" in pipeline.argv("deeplab")
+    assert pipeline.needs("deeplab") == ("pseudo", "cgnet")
+    one = {"stages": {"cgnet": {"fingerprint": "a", "settings": "a"}}}
+    other = {"stages": {"cgnet": {"fingerprint": "b", "settings": "b"}}}
+    assert pipeline.fingerprints("deeplab", one) != pipeline.fingerprints("deeplab", other)
+    path.write_text(path.read_text().replace("cgnet/last", "fully_supervised/last"))
+    config = PipelineConfig.load(path)
+    config.stages["fully_supervised"] = {"config": config.stages["deeplab"]["config"], "args": []}
+    with pytest.raises(CaefError, match="runs after it"):
+        Pipeline(config).needs("deeplab")

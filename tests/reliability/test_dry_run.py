@@ -17,12 +17,10 @@ def _tree(root):
 def test_dry_run_writes_nothing_even_where_a_cached_stage_could_be_copied(tmp_path, tiny_synth, capsys):
     other = classifier_pipeline(tmp_path, tiny_synth, name="done_before")
     fingerprint = other.fingerprint("classifier", {"stages": {}})
-    settings = other.fingerprints("classifier", {"stages": {}})[0]
     other_dir = other.run_dir
     (other_dir / "classifier").mkdir(parents=True)
     torch.save({"state_dict": {}}, other_dir / "classifier" / "last.ckpt")
-    entry = {"status": "done", "fingerprint": fingerprint, "settings": settings, "inputs": {}, "run_id": "r1",
-             "summary": {"oc_cam_miou": 50.0}}  # fmt: skip
+    entry = {"status": "done", "fingerprint": fingerprint, "inputs": {}, "summary": {"oc_cam_miou": 50.0}}
     (other_dir / "manifest.json").write_text(json.dumps({"name": "done_before", "stages": {"classifier": entry}}))
     runs = other_dir.parent
     (runs / "stage_cache.json").write_text(json.dumps({fingerprint: "done_before"}))
