@@ -38,6 +38,8 @@ __all__ = ["cams", "images_to_tensor", "load", "predict", "pseudo_label", "read_
 
 #: what a checkpoint's hyper-parameters tell about its module, for checkpoints that do not record their class
 _SIGNATURES = (("ordinary_classifier", "cgnet"), ("variant", "deeplab"), ("radius", "affinity"))
+#: hyper-parameters naming files that only initialise a network before training
+_INITIAL_WEIGHTS = ("pretrained", "init_checkpoint")
 _HINT = "give a runs/<name>/<stage>/last.ckpt written by caef (classifier, cgnet, affinity, deeplab)"
 
 
@@ -82,13 +84,17 @@ def load(path: str | Path, stage: str | None = None, device: str | torch.device 
 
     ``path``: a checkpoint file, a stage folder, or a run folder with ``stage`` (``classifier``, ``cgnet``,
     ``affinity``, ``deeplab``, ``fully_supervised``). ``overrides`` replace hyper-parameters, e.g. DeepLab's
-    ``eval_scales``/``eval_flip``/``crf_eval`` or a CAM network's ``msf_scales``. A CGNet checkpoint carries its
-    frozen ordinary classifier, so it loads wherever the run folder was moved.
+    ``eval_scales``/``eval_flip``/``crf_eval`` or a CAM network's ``msf_scales``. Files that only initialised the
+    network (``pretrained``, ``init_checkpoint``) are not read, and a CGNet checkpoint carries its frozen ordinary
+    classifier, so a checkpoint loads wherever the run folder was moved.
     """
     path = checkpoint_path(path, stage)
     checkpoint = read_lightning_checkpoint(path, "checkpoint", _HINT)
     cls = module_class(checkpoint, path)
-    module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **overrides)
+    # the checkpoint's weights replace any initial ones: files named for initialisation are not read (they may be
+    # gone or elsewhere on this machine)
+    initial = {key: None for key in _INITIAL_WEIGHTS if checkpoint["hyper_parameters"].get(key)}
+    module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=False, **(initial | overrides))
     return module.to(device).eval()
 
 

@@ -164,3 +164,27 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         caef.load(tmp_path, "deeplab")
     with pytest.raises(CaefError, match="no summary"):
         caef.read_summary(tmp_path)
+
+
+def test_checkpoints_load_without_the_files_that_initialised_them(tmp_path):
+    """AffinityNet's init_checkpoint and a trunk's pretrained file only initialise training: loading a trained
+    checkpoint reads neither (they are typically absolute paths on another machine)."""
+    import lightning.pytorch as pl
+
+    from caef.stages.deeplab import DeepLabModule
+
+    torch.manual_seed(0)
+    modules = {
+        "affinity": AffinityNetModule(num_classes=4, backbone_options={"width": 0.0625}, radius=2),
+        "deeplab": DeepLabModule(num_classes=4, backbone="resnet38", backbone_options={"width": 0.0625}),
+    }
+    gone = {"affinity": {"init_checkpoint": "/gone/cgnet/last.ckpt"}, "deeplab": {"pretrained": "/gone/r38.params"}}
+    for stage, module in modules.items():
+        hparams = {**dict(module.hparams), **gone[stage]}
+        (tmp_path / stage).mkdir()
+        torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict(),
+                    "pytorch-lightning_version": pl.__version__}, tmp_path / stage / "last.ckpt")  # fmt: skip
+        loaded = caef.load(tmp_path, stage)
+        assert type(loaded) is type(module)
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), name
