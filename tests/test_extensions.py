@@ -39,6 +39,22 @@ def test_backbone_by_import_path_declares_its_stages(examples_importable):
         build_backbone("nope")
 
 
+def test_backbone_by_entry_point(examples_importable, monkeypatch):
+    """A package registers a name in the caef.backbones group; the registry finds it without importing it first."""
+    from importlib.metadata import EntryPoint
+
+    from caef.models.backbones import available_backbones, registry
+
+    installed = [EntryPoint(name="plain_cnn", value="my_backbone:plain_cnn", group=registry.ENTRY_POINT_GROUP)]
+
+    def entry_points(group: str, name: str | None = None):
+        return [ep for ep in installed if ep.group == group and name in (None, ep.name)]
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
+    assert "plain_cnn" in available_backbones() and "resnet38" in available_backbones()
+    assert type(build_backbone("plain_cnn", width=0.25)).__name__ == "PlainCNN"
+
+
 @pytest.mark.slow  # about a minute: classifier, CGNet and CAM export
 def test_out_of_tree_cam_method_and_backbone_run_through_the_pipeline(
     examples_importable, tmp_path, tiny_synth, tiny_synth_config

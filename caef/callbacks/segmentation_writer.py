@@ -76,6 +76,11 @@ class SegmentationWriter(BasePredictionWriter):
         if self.output_dir is None:
             self.output_dir = Path(trainer.default_root_dir)
         check_writable_dir(self.output_dir, "SegmentationWriter output_dir")
+        if self.format == "coco" and not hasattr(trainer.datamodule.source, "category_index"):
+            raise CaefError(
+                f"SegmentationWriter format coco needs a COCO dataset (its category ids), got data.dataset="
+                f"{trainer.datamodule.dataset!r}; use format voc"
+            )
         self._coco = []
 
     def _split(self, trainer: pl.Trainer) -> str:

@@ -70,3 +70,17 @@ def test_coco_results_are_rle_per_present_class_with_coco_ids():
     json.dumps(entries)  # serialisable as the results file
     with pytest.raises(CaefError, match="numeric image ids"):
         coco_segmentation_results("no_number_here_x", label, {1: 1})
+
+
+def test_coco_results_need_a_coco_dataset(tmp_path, capsys):
+    tree = make_voc_tree(tmp_path / "voc")
+    ckpt = tmp_path / "last.ckpt"
+    save_deeplab(ckpt, 21)
+    args = [
+        "deeplab", "predict", "--config", str(EXPERIMENTS / "deeplab" / "demo.yaml"), f"--run_dir={tmp_path / 'run'}",
+        "--data.dataset=voc", f"--data.root={tree['root']}", "--data.predict_split=test", "--data.num_workers=0",
+        "--trainer.logger=false", "--trainer.callbacks+=caef.callbacks.SegmentationWriter",
+        "--trainer.callbacks.format=coco", f"--ckpt_path={ckpt}",
+    ]  # fmt: skip
+    assert main(args) == 2
+    assert "format coco needs a COCO dataset" in capsys.readouterr().err
