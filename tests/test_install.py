@@ -22,8 +22,9 @@ from test_pipeline import tiny_flags
 import caef
 
 ROOT = Path(__file__).resolve().parents[1]
-#: what a source distribution of caef holds (build inputs); runs/, data/, .venv/ and the tests stay behind
-_SOURCE = ("caef", "experiments", "setup.cfg", "pyproject.toml", "README.md", "LICENSE", "NOTICE")
+#: top-level folders of a checkout that are not build inputs (results, datasets, environments)
+_NOT_SOURCE = {".git", ".venv", "runs", "data", "wandb", "lightning_logs", "build", "dist"}
+_CACHES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".ruff_cache")
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -39,13 +40,12 @@ def installed(tmp_path_factory) -> Path:
     """The bin/ folder of a fresh virtualenv with caef installed from a wheel built from a copy of the source."""
     base = tmp_path_factory.mktemp("install")
     source = base / "src"
-    source.mkdir()
-    for name in _SOURCE:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(path, source / name)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        top = _NOT_SOURCE if Path(folder) == ROOT else set()
+        return top.intersection(names) | _CACHES(folder, names)
+
+    shutil.copytree(ROOT, source, ignore=ignore, symlinks=True)
     venv = base / "venv"
     # no pip of its own: ensurepip would bring an old setuptools that shadows this interpreter's (no bdist_wheel)
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=base)
