@@ -1,6 +1,6 @@
 """Augmentation recipes (albumentations 2.0.8), one per use, with the reference's defaults.
 
-Training (OC-CSE ``build_dataset``): random long-side resize in ``resize_long`` (bicubic), horizontal flip,
+Training (OC-CSE ``build_dataset``): random long-side resize in ``resize_long`` (Pillow bicubic), horizontal flip,
 colour jitter (0.3, 0.3, 0.3, 0.1), ImageNet normalisation, then a random crop padded with 0 in
 *normalised* space (the mean colour) for the image and 255 (ignore) for masks. PSA's AffinityNet recipe
 (``train_aff.py``) has no resize and pads its crop with black pixels (0 before normalisation):
@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image
 
 from caef.data.source import IGNORE_INDEX
 
@@ -44,16 +45,37 @@ class AugmentationConfig:
             raise ValueError(f"crop_fill must be 'mean' or 'black', got {self.crop_fill!r}")
 
 
+class RandomLongSideResize(A.DualTransform):
+    """The reference's random resize (PSA ``RandomResizeLong``, OC-CSE ``random_resize``): the long side drawn
+    uniformly in ``[low, high]``, the short side rounded to keep the aspect ratio, the image resized by Pillow's
+    bicubic (antialiased when shrinking, as the reference), masks by nearest neighbour."""
+
+    def __init__(self, low: int, high: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.low, self.high = low, high
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        height, width = params["shape"][:2]
+        target = self.py_random.randint(self.low, self.high)
+        if width < height:
+            return {"size": (target, int(round(width * target / height)))}
+        return {"size": (int(round(height * target / width)), target)}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int], **params) -> np.ndarray:
+        return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC))
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params) -> np.ndarray:
+        return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("low", "high")
+
+
 def train_transform(config: AugmentationConfig) -> A.Compose:
     """Image (+ mask) training pipeline; masks are resized nearest-neighbour and padded with 255."""
     steps: list[A.BasicTransform] = []
     if config.resize_long is not None:
-        low, high = config.resize_long
-        steps.append(
-            A.LongestMaxSize(
-                max_size=list(range(low, high + 1)), interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST
-            )
-        )
+        steps.append(RandomLongSideResize(*config.resize_long))
     if config.flip:
         steps.append(A.HorizontalFlip(p=0.5))
     if config.color_jitter is not None:
