@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -185,7 +186,10 @@ class WandbPipelineTracker(PipelineTracker):
         with signals_deferred():
             self._log_new(summary)
             self._log_stage_runs()
-            self._log_report(Path(run_dir), summary)
+            try:
+                self._log_report(Path(run_dir), summary)
+            except Exception as exc:  # noqa: BLE001 -- the metrics are logged; the report's copy is a convenience
+                print(f"[caef pipeline] report not logged to W&B: {type(exc).__name__}: {exc}", file=sys.stderr)
             self._close("finished", 0)
 
     def abort(self, status: str = "interrupted", exit_code: int = 130) -> None:
