@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from lightning.pytorch.trainer.states import TrainerFn
-
 from reliability_helpers import tiny_classifier_args
 
 from caef.cli import stage_cli
 
 
-def test_predict_config_is_saved_as_config_predict_yaml(tmp_path, tiny_synth, tiny_synth_config):
+def test_predict_config_is_saved_as_config_predict_yaml(tmp_path, tiny_synth):
     run_dir = tmp_path / "run"
     args = tiny_classifier_args(tiny_synth, f"--run_dir={run_dir}", dataset="synthetic")[2:]  # without "classifier fit"
     cli = stage_cli("classifier", args, run=False)
