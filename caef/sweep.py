@@ -250,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_sweep(sweep, args.file, args.base)
         points = grid_points(sweep["parameters"], local=False)
         first = shlex.join(["pipeline", *pipeline_argv(sweep, points[0], args.base)])
-        print(f"run it through W&B: wandb sweep {args.file}; wandb agent <id>\nor offline: caef sweep {args.file} "
-              f"--local\n{len(points)} points; the first runs: caef {first}")  # fmt: skip
+        print(f"checked. Run it through W&B: wandb sweep {args.file}; wandb agent --forward-signals <id>; then "
+              f"caef dashboard --sweep <id> (docs/sweeps.md)\nor offline: caef sweep {args.file} --local\n"
+              f"{len(points)} points; the first runs: caef {first}")  # fmt: skip
         return 0
     run_local(args.file, args.base, extra, args.runs_root, args.jobs, args.dry_run)
     return 0
