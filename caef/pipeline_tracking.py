@@ -38,7 +38,8 @@ from caef.errors import CaefError
 from caef.reported_metrics import loggable
 
 #: what ``wandb agent`` (wandb/wandb_agent.py) or a parent W&B process puts into a child's environment to bind it
-#: to one particular run; a stage process must start its own run instead
+#: to one particular run; a stage process must start its own run instead. ``WANDB_ENTITY``, ``WANDB_PROJECT`` and
+#: ``WANDB_DIR``, which the agent also sets, stay: the stages log to the sweep's project.
 RUN_BINDING_VARIABLES = (
     "WANDB_RUN_ID",
     "WANDB_SWEEP_ID",
