@@ -57,6 +57,7 @@ def test_plain_environment_gives_the_plain_tracker_and_the_stages_the_pipeline_c
 
 def test_agent_run_belongs_to_the_pipeline_and_each_stage_gets_its_own(monkeypatch, tmp_path):
     agent_environ(monkeypatch, tmp_path, {"cgnet.model.masking_depth": 3})
+    monkeypatch.setenv("WANDB_PROJECT", "caef-sweeps")  # `wandb agent ENTITY/PROJECT/ID` sets it: the stages keep it
     run_dir = tmp_path / "runs" / "md-3"
     tracker = PipelineTracker.from_environ("md-3", CONTEXT, run_dir=run_dir)
     assert isinstance(tracker, WandbPipelineTracker)
@@ -65,6 +66,7 @@ def test_agent_run_belongs_to_the_pipeline_and_each_stage_gets_its_own(monkeypat
         env = tracker.stage_environ(stage)
         assert not {"WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_SERVICE"} & set(env)
         assert env["WANDB_RUN_ID"] != "agentrun1" and env["WANDB_RUN_GROUP"] == "md-3"
+        assert env["WANDB_PROJECT"] == "caef-sweeps" and env["WANDB_MODE"] == "offline"
         assert json.loads(env["CAEF_PIPELINE"])["config"]["pipeline_run_id"] == "agentrun1"
         subprocess.run([sys.executable, "-c", STAGE, str(run_dir), stage], env=env, check=True)
         stage_ids[stage] = env["WANDB_RUN_ID"]
