@@ -24,3 +24,10 @@ def test_batched_and_float_input_give_the_same_pixels():
     one = pil_bicubic_resize(images[1], (10, 15))
     both = pil_bicubic_resize(images.float(), (10, 15))
     torch.testing.assert_close(both[1], one)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_device_gives_the_cpus_pixels():
+    images = torch.randint(0, 256, (2, 3, 37, 53), dtype=torch.uint8)
+    for size in ((18, 26), (56, 80), (74, 106)):
+        torch.testing.assert_close(pil_bicubic_resize(images.cuda(), size).cpu(), pil_bicubic_resize(images, size))
