@@ -66,13 +66,12 @@ class StageSpec:
 def verify_products(spec: StageSpec, run_dir: Path, ids: dict[Product, Sequence[str]]) -> list[tuple[Path, str]]:
     """Every product of ``spec`` that is missing or unreadable, as ``(path, why)``; empty: the stage is done.
     ``ids`` gives the image ids of each per-image product's split."""
-    bad = []
-    for product in spec.products:
-        for path in product.files(run_dir, ids.get(product, ())):
-            why = unreadable(path)
-            if why:
-                bad.append((path, why))
-    return bad
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [path for product in spec.products for path in product.files(run_dir, ids.get(product, ()))]
+    with ThreadPoolExecutor(8) as pool:  # file reads and decoding release the GIL; storage may be networked
+        reasons = list(pool.map(unreadable, paths))
+    return [(path, why) for path, why in zip(paths, reasons) if why]
 
 
 def unreadable(path: Path) -> str | None:

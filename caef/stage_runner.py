@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any
 
 #: seconds a stopped stage gets to exit on SIGTERM before its process group is killed
 STOP_GRACE_S = 20.0
+#: the stage processes running now, in any thread
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 class Interrupted(BaseException):
@@ -30,13 +34,15 @@ class Interrupted(BaseException):
 
 @contextmanager
 def stop_signals(install: bool = True) -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGINT raise :class:`Interrupted` (only possible in the main thread;
-    ``install=False`` leaves the handlers alone, e.g. for a pipeline run in a worker thread of ``caef sweep``)."""
+    """While the block runs, SIGTERM and SIGINT stop every running stage's process group and raise
+    :class:`Interrupted` (only possible in the main thread; ``install=False`` leaves the handlers alone, e.g. for a
+    pipeline run in a worker thread of ``caef sweep``, whose main thread wraps its pool in this block)."""
     if not install:
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        stop_all()  # also the stages of pipelines run in other threads (caef sweep --jobs N)
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -51,30 +57,42 @@ def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = No
     """Run ``cmd`` in a new process group and wait; on :class:`Interrupted` (or any error) stop the whole group
     first, then re-raise. ``lock`` (a :class:`~caef.run_lock.RunLock`) records the group while it runs."""
     process = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(process)
     if lock is not None:
         lock.note_stage(process.pid)
     try:
         return process.wait()
     except BaseException:
         stop_group(process)
+        process.wait()  # reap it
         raise
     finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(process)
         if lock is not None and process.poll() is not None:
             lock.note_stage(None)
+
+
+def stop_all() -> None:
+    """Stop the process group of every stage this process is running (in any thread)."""
+    with _LIVE_LOCK:
+        live = [p for p in _LIVE if p.poll() is None]
+    for process in live:
+        stop_group(process)
 
 
 def stop_group(process: subprocess.Popen, grace_s: float | None = None) -> None:
     """SIGTERM to the process group of ``process``, SIGKILL to what is left after ``grace_s`` seconds."""
     grace_s = STOP_GRACE_S if grace_s is None else grace_s
     with _signals_ignored():  # a second Ctrl-C must not cut the stopping short
-        _stop(process, grace_s)
-    print(f"[caef pipeline] stopped the stage (process group {process.pid})", file=sys.stderr, flush=True)
+        stopped = _stop(process, grace_s)
+    if stopped:
+        print(f"[caef pipeline] stopped the stage (process group {process.pid})", flush=True)
 
 
 @contextmanager
 def _signals_ignored() -> Iterator[None]:
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -86,21 +104,41 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _stop(process: subprocess.Popen, grace_s: float) -> None:
+def _stop(process: subprocess.Popen, grace_s: float) -> bool:
+    """Signal the group and watch it (never ``process.wait``: another thread, or the frame this signal handler
+    interrupted, may be waiting on the process and hold its wait lock); False if the group was already gone."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        if not _group_running(process.pid):
+            return sig != signal.SIGTERM
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            break
+            return sig != signal.SIGTERM
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_running(process.pid):
+            time.sleep(0.05)
+    return True
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, waiting to be reaped, do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
         try:
-            process.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        # the leader exited; workers of the group may still be there
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def resume_checkpoint(last: Path) -> Path | None:
