@@ -281,8 +281,9 @@ def multiscale_cams(ctx: Context) -> list[Result]:
                 continue
             model = load("models.model_cse").model_WSSS(SimpleNamespace(batch_size=1))
             ref_net = seeded(load("networks.resnet38d").Net_er, ctx.seed)
-            with torch.no_grad():  # positive CAMs for every class (random ones can be negative everywhere)
-                ref_net.fc8.weight.abs_()
+            with torch.no_grad():  # positive, contrasted CAMs: 8 positive weights per class (random ones can be
+                keep = torch.rand(ref_net.fc8.weight.shape, generator=torch.Generator().manual_seed(ctx.seed))
+                ref_net.fc8.weight.abs_().mul_(keep > 1 - 8 / keep.shape[1])  # negative everywhere, or flat)
             torch.save(ref_net.state_dict(), tmp / "net_er.pth")
             model.net_er, model.net_cl = ref_net, ref_net
             model.set_phase("eval")
@@ -387,9 +388,9 @@ def crf_seeds(ctx: Context) -> list[Result]:
     return rows
 
 
-#: the stated residual of the multi-scale inputs on portrait images taller than twice their width: downscaling them,
-#: Pillow sometimes takes its vertical pass first where caef always takes the horizontal one (measured: up to 7 grey
-#: levels, on up to ~20 % of the pixels at scale 0.5; other scales and every other aspect ratio tested are exact)
+#: the stated residual of the multi-scale inputs on portraits narrower than about 1:2: when the height shrinks by more
+#: than twice as many pixels as the width, recent Pillow (not the Pillow 8 of the reference's time, which caef
+#: follows) runs its vertical pass first (measured against Pillow 13: up to 7 grey levels on ~20 % of the pixels)
 RESIZE_RESIDUAL = 8.0
 
 COMPONENTS: dict[str, Callable[[Context], list[Result]]] = {
