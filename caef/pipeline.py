@@ -39,6 +39,7 @@ from caef.errors import CaefError
 from caef.io import update_json, write_json
 from caef.pipeline_config import PipelineConfig, check_run_name
 from caef.pipeline_tracking import PipelineTracker, params_from_overrides
+from caef.run_facts import run_facts, versions, wandb_context
 from caef.run_lock import RunLock
 from caef.stage_cache import StageCache
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, SUMMARY_PREFIXES, StageSpec
@@ -160,6 +161,18 @@ class Pipeline:
 
     # -- running ---------------------------------------------------------------------------------------------------
     def run(self, start: str | None = None, until: str | None = None, dry_run: bool = False) -> dict:
+        """Run (or with ``dry_run`` print) the stages from ``start`` to ``until``; SIGTERM/SIGINT end it with a
+        CaefError saying which stage was stopped."""
+        try:
+            with stop_signals(threading.current_thread() is threading.main_thread()):
+                return self._run(start, until, dry_run)
+        except Interrupted as stop:
+            during = f" during stage {stop.stage!r} (its processes were stopped)" if stop.stage else ""
+            raise CaefError(
+                f"interrupted by {signal.Signals(stop.signum).name}{during}; rerun the same command to resume"
+            ) from None
+
+    def _run(self, start: str | None, until: str | None, dry_run: bool) -> dict:
         stages = self.stages()
         for bound in (start, until):
             if bound is not None and bound not in stages:
@@ -176,32 +189,26 @@ class Pipeline:
                 if action != "skip":
                     print(f"\n[caef pipeline] {stage} ({STAGES[stage].help}): {why}\n  caef {' '.join(argv)}")
             return {}
-        with RunLock(self.run_dir) as lock, stop_signals(threading.current_thread() is threading.main_thread()):
-            self.tracker = PipelineTracker.from_environ(
-                self.config.name,
-                self._wandb_context(),
-                run_dir=self.run_dir,
-                params=params_from_overrides(self.overrides),
-            )
+        with RunLock(self.run_dir) as lock:
+            context, params = self._wandb_context(), params_from_overrides(self.overrides)
+            self.tracker = PipelineTracker.from_environ(self.config.name, context, run_dir=self.run_dir, params=params)
             manifest = self._load_manifest()
             manifest["code"] = self.code
             stage = None
             try:
                 for stage in selected:
                     self._run_stage(stage, manifest, lock)
+                summary = self._finish(manifest)
             except Interrupted as stop:
                 if manifest["stages"].get(stage, {}).get("status") == "running":
                     manifest["stages"][stage]["status"] = "interrupted"
                     self._save_manifest(manifest)
+                    stop.stage = stage
                 self.tracker.abort("interrupted", 128 + stop.signum)
-                raise CaefError(
-                    f"interrupted by {signal.Signals(stop.signum).name} during stage {stage!r} (its processes were "
-                    "stopped); rerun the same command to resume"
-                ) from None
+                raise
             except BaseException:
                 self.tracker.abort("failed", 1)
                 raise
-            summary = self._finish(manifest)
             self.tracker.finish(summary, self.run_dir)
             return summary
 
@@ -234,6 +241,8 @@ class Pipeline:
             return "resume", f"{status} -- resuming", argv
         if not entry:
             why = "not run yet"
+        elif "settings" not in entry:
+            why = "recorded by an older caef, without code fingerprints"
         elif entry.get("settings") != settings:
             why = "its settings or an upstream stage's changed"
         elif entry.get("fingerprint") != fingerprint:
@@ -347,29 +356,10 @@ class Pipeline:
             raise CaefError(f"dataset root {root} not found.\n{self.config.data_help}".rstrip())
 
     def _wandb_context(self) -> dict:
-        """Pipeline-level facts every stage's W&B run carries (group, tags, config) for comparisons in the UI."""
-        facts = self._facts()
-        tags = [f"dataset:{self.config.dataset}", f"seed:{self.config.seed}", *self.config.tags]
-        if facts.get("masking_depth") is not None:
-            tags.append(f"masking_depth:{facts['masking_depth']}")
-        if facts.get("erasing") is False:
-            tags.append("no_erasing_control")
-        tags += [f"{k}:{facts[k]}" for k in ("classifier_backbone", "cgnet_backbone") if facts.get(k)]
-        return {"group": self.config.name, "tags": tags, "config": facts}
+        return wandb_context(self.config, self._facts())
 
     def _facts(self) -> dict:
-        """Seed, dataset, backbones, masking depth and erasing as the stage flags (or else the stage configs) set
-        them, so the summary states what actually ran."""
-        facts: dict[str, Any] = {"name": self.config.name, "seed": self.config.seed, "dataset": self.config.dataset}
-        for stage, key in (("classifier", "classifier_backbone"), ("cgnet", "cgnet_backbone")):
-            if stage in self.config.stages:
-                facts[key] = self._setting(stage, "model.backbone")
-        if "cgnet" in self.config.stages:
-            depth = self._setting("cgnet", "model.masking_depth")
-            facts["masking_depth"] = int(depth) if depth is not None else 0
-            erasing = self._setting("cgnet", "model.erasing")
-            facts["erasing"] = str(erasing).lower() != "false"  # false: the no-erasing control
-        return facts
+        return run_facts(self.config, self._setting)
 
     def _setting(self, stage: str, key: str) -> Any:
         """``key`` (dotted) of a stage: its last ``--<key>=`` flag, else its config file's value (or None)."""
@@ -386,7 +376,7 @@ class Pipeline:
                 "overrides": self.overrides,
                 "stage_seconds": times,
                 "total_seconds": round(sum(t for t in times.values() if t), 1),
-                "versions": _versions(),
+                "versions": versions(),
                 "code": self.code,
             },
         )
@@ -413,18 +403,6 @@ class Pipeline:
 
     def _save_manifest(self, manifest: dict) -> None:
         write_json(self.manifest_path, manifest)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for package in ("caef", "torch", "torchvision", "lightning", "torchmetrics", "wandb", "albumentations"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def _now() -> str:

@@ -30,6 +30,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+        self.stage: str | None = None  # the stage it stopped, once known
 
 
 @contextmanager
