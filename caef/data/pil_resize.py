@@ -7,11 +7,11 @@ antialiased) differs from torch's plain bicubic (a = -0.75, no antialiasing) by 
 (Pillow rounds its weights to 22-bit fixed point and rounds and clips to uint8 between its horizontal and vertical
 pass). This module follows Pillow's
 ``Resample.c`` (``precompute_coeffs``, ``normalize_coeffs_8bpc``, ``ImagingResampleHorizontal_8bpc``): the same
-weights, the same integer arithmetic (int64 here), horizontal pass first, as every Pillow of the reference's time
-(checked: Pillow 8.4.0's ``ImagingResampleInner``), so the pixels equal that Pillow's. Recent Pillow (13.0.0 here)
-runs the vertical pass first when the height shrinks by more than twice as many pixels as the width; on those
-images (portraits narrower than about 1:2 at scale 0.5) today's Pillow differs from the reference's by a few grey
-levels, and caef keeps the reference's order (measured in docs/conformance.md).
+weights, the same integer arithmetic (exact in float64 here), horizontal pass first, as every Pillow of the
+reference's time (checked: Pillow 8.4.0's ``ImagingResampleInner``), so the pixels equal that Pillow's. Recent
+Pillow (13.0.0 here) runs the vertical pass first when the height shrinks by more than twice as many pixels as the
+width; on those images (portraits narrower than about 1:2 at scale 0.5) today's Pillow differs from the reference's
+by a few grey levels, and caef keeps the reference's order (measured in docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -60,18 +60,21 @@ def pil_bicubic_weights(in_size: int, out_size: int, device: torch.device | None
 
 
 def _resample_last_dim(pixels: Tensor, out_size: int) -> Tensor:
-    indices, weights = pil_bicubic_weights(pixels.shape[-1], out_size, pixels.device)
-    acc = torch.full((*pixels.shape[:-1], out_size), 1 << (PRECISION_BITS - 1), dtype=torch.int64, device=pixels.device)
-    for k in range(indices.shape[1]):  # a handful of taps; each is one vectorised gather over the whole batch
-        acc += pixels[..., indices[:, k]] * weights[:, k]
-    return (acc >> PRECISION_BITS).clamp(0, 255)
+    """One pass along the last dimension as a float64 matrix product: every product and sum is an integer below
+    2^35, exact in float64 whatever the summation order, so the result is Pillow's integer arithmetic."""
+    in_size = pixels.shape[-1]
+    indices, weights = pil_bicubic_weights(in_size, out_size)
+    matrix = torch.zeros(in_size, out_size, dtype=torch.float64)
+    matrix.index_put_((indices, torch.arange(out_size)[:, None].expand_as(indices)), weights.double(), accumulate=True)
+    acc = pixels @ matrix.to(pixels.device) + (1 << (PRECISION_BITS - 1))
+    return torch.floor(acc * 2.0**-PRECISION_BITS).clamp(0, 255)
 
 
 def pil_bicubic_resize(pixels: Tensor, size: tuple[int, int]) -> Tensor:
     """``(..., H, W)`` integer-valued pixels (uint8 or any dtype holding 0..255) resized to ``size = (h, w)`` exactly
     as Pillow's ``Image.resize((w, h), BICUBIC)`` does per channel; returns uint8."""
     height, width = size
-    x = pixels.round().long() if pixels.is_floating_point() else pixels.long()
+    x = pixels.double().round()
     if width != x.shape[-1]:
         x = _resample_last_dim(x, width)
     if height != x.shape[-2]:
