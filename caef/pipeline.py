@@ -75,6 +75,7 @@ class Pipeline:
         self.code = code_fingerprint.code_identity()
         self.tracker: PipelineTracker | None = None
         self.outputs = StageOutputs(config.dataset, config.data_root, self._setting)
+        self._verified: set[str] = set()  # stages whose products this run has verified
 
     # -- what each stage runs --------------------------------------------------------------------------------------
     def argv(self, stage: str) -> list[str]:
@@ -265,9 +266,19 @@ class Pipeline:
     def _run_stage(self, stage: str, manifest: dict, lock: RunLock) -> None:
         spec = STAGES[stage]
         for need in self.needs(stage):
-            if need in self.config.stages and manifest["stages"].get(need, {}).get("status") != "done":
+            if need not in self.config.stages:
+                continue
+            if manifest["stages"].get(need, {}).get("status") != "done":
                 raise CaefError(f"stage {stage!r} needs {need!r}, which has not finished; run it first (--from {need})")
+            bad = [] if need in self._verified else self._verify(need)  # a stage before --from is checked here
+            if bad:
+                raise CaefError(
+                    f"stage {stage!r} needs {need!r}, but {len(bad)} of its outputs are missing or unreadable, e.g. "
+                    f"{bad[0][0]} ({bad[0][1]}); rerun from it (--from {need})"
+                )
+            self._verified.add(need)
         action, why, argv = self._resumable(stage, *self._plan(stage, manifest))
+        self._verified.add(stage)  # skipped as verified, or verified once it has run (else the run stops)
         entry = manifest["stages"].get(stage, {})
         settings, fingerprint = self.fingerprints(stage, manifest)
         inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}

@@ -111,3 +111,23 @@ def test_a_resume_skips_an_unreadable_last_checkpoint(tmp_path, tiny_synth, caps
     pipeline.run()
     assert unreadable(pipeline.run_dir / "classifier" / "last.ckpt") is None
     assert manifest(pipeline.run_dir)["stages"]["classifier"]["status"] == "done"
+
+
+def test_an_upstream_stage_outside_the_slice_is_verified_before_its_results_are_used(tmp_path, tiny_synth):
+    from caef.errors import CaefError
+    from tests.reliability.fake_stage import fake_python
+    from tests.reliability.reliability_helpers import EXPERIMENTS
+
+    stages = (
+        f"{{classifier: {{config: {EXPERIMENTS / 'classifier/demo.yaml'}}}, "
+        f"cgnet: {{config: {EXPERIMENTS / 'cgnet/demo.yaml'}}}}}"
+    )
+    config = PipelineConfig.load(experiment(tmp_path, tiny_synth, stages))
+    config.runs_root = str(tmp_path / "runs")
+    pipeline = Pipeline(config, python=fake_python(tmp_path))
+    pipeline.run()
+    ckpt = pipeline.run_dir / "classifier" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:50])
+    with pytest.raises(CaefError) as info:
+        Pipeline(config, python=fake_python(tmp_path)).run(start="cgnet")
+    assert str(ckpt) in str(info.value) and "--from classifier" in str(info.value)
