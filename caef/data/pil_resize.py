@@ -75,8 +75,9 @@ def pil_bicubic_resize(pixels: Tensor, size: tuple[int, int]) -> Tensor:
     as Pillow's ``Image.resize((w, h), BICUBIC)`` does per channel; returns uint8."""
     height, width = size
     x = pixels.double().round()
-    if width != x.shape[-1]:
-        x = _resample_last_dim(x, width)
-    if height != x.shape[-2]:
-        x = _resample_last_dim(x.transpose(-1, -2), height).transpose(-1, -2)
+    with torch.autocast(pixels.device.type, enabled=False):  # float64 throughout, also inside a mixed-precision run
+        if width != x.shape[-1]:
+            x = _resample_last_dim(x, width)
+        if height != x.shape[-2]:
+            x = _resample_last_dim(x.transpose(-1, -2), height).transpose(-1, -2)
     return x.to(torch.uint8)

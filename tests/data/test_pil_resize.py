@@ -42,3 +42,12 @@ def test_the_device_gives_the_cpus_pixels():
     images = torch.randint(0, 256, (2, 3, 37, 53), dtype=torch.uint8)
     for size in ((18, 26), (56, 80), (74, 106)):
         torch.testing.assert_close(pil_bicubic_resize(images.cuda(), size).cpu(), pil_bicubic_resize(images, size))
+
+
+def test_mixed_precision_does_not_round_the_pixels():
+    """Inside a bf16 autocast region (mixed-precision CAM inference) the weights stay float64: Pillow's pixels."""
+    image = np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    reference = np.asarray(Image.fromarray(image).resize((60, 45), Image.BICUBIC))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = pil_bicubic_resize(torch.from_numpy(image).permute(2, 0, 1).float(), (45, 60))
+    np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), reference)
