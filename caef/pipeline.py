@@ -181,8 +181,8 @@ class Pipeline:
         selected = stages[stages.index(start) if start else 0 : (stages.index(until) if until else len(stages)) + 1]
         for stage in stages:
             self.needs(stage)
-        self.check_flags(selected)
         self._check_data()
+        self.check_flags(selected)
         if dry_run:  # reads the manifest if there is one; writes nothing anywhere
             manifest = self._load_manifest()
             for stage in selected:
