@@ -108,3 +108,22 @@ def test_concurrent_summary_updates_lose_no_entry(tmp_path):
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(_merge, [(str(path), w) for w in range(4)])
     assert len(json.loads(path.read_text())) == 100
+
+
+def test_a_stage_left_running_by_a_killed_pipeline_keeps_the_folder_closed(tmp_path):
+    """A pipeline SIGKILLed mid-stage leaves the stage's process group running (its own session): a new run must
+    not start a second trainer in the same folder."""
+    run_dir = tmp_path / "run"
+    stage = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        code = (
+            f"from caef.run_lock import RunLock; import os; lock = RunLock({str(run_dir)!r}).acquire(); "
+            f"lock.note_stage({stage.pid}); os.kill(os.getpid(), 9)"
+        )
+        subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(ROOT)}, check=False)
+        with pytest.raises(CaefError, match=f"still runs as process group {stage.pid}"):
+            RunLock(run_dir).acquire()
+    finally:
+        stage.kill()
+        stage.wait()
+    RunLock(run_dir).acquire().release()  # the stage is gone: the folder is free

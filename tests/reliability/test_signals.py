@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from caef import code_fingerprint
 from caef.pipeline import Pipeline, PipelineConfig
 from tests.reliability.fake_stage import fake_python
@@ -74,6 +72,5 @@ def test_sigterm_stops_the_stage_group_and_the_rerun_resumes(tmp_path, tiny_synt
     assert "crf (dense-CRF seeds): interrupted -- resuming" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_ctrl_c_is_one_line_too(tmp_path, tiny_synth):
     _interrupt(tmp_path, tiny_synth, signal.SIGINT)
