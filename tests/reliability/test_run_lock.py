@@ -111,7 +111,7 @@ def test_concurrent_summary_updates_lose_no_entry(tmp_path):
 
 
 def test_a_stage_left_running_by_a_killed_pipeline_keeps_the_folder_closed(tmp_path):
-    """A pipeline SIGKILLed mid-stage leaves the stage's process group running (its own session): a new run must
+    """A pipeline SIGKILLed mid-stage leaves the stage's process group running (a group of its own): a new run must
     not start a second trainer in the same folder."""
     run_dir = tmp_path / "run"
     stage = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
