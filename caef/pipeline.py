@@ -94,8 +94,6 @@ class Pipeline:
         elif stage == "crf":
             args += [f"--dataset={self.config.dataset}", f"--root={self.config.data_root}"]
             args += [f"--cam-dir={run / 'cams' / 'cgnet'}", f"--out-dir={run / 'seeds'}"]
-        elif stage == "affinity":
-            args.append(f"--model.init_checkpoint={run / 'cgnet' / 'last.ckpt'}")
         elif stage == "pseudo":
             args.append(f"--ckpt_path={run / 'affinity' / 'last.ckpt'}")
         elif stage == "deeplab":

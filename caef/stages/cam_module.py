@@ -31,6 +31,7 @@ class CAMModule(pl.LightningModule):
             as the CPU demo does without ImageNet weights).
         msf_scales, msf_flip: multi-scale + flip CAM inference for scoring and export.
         channels_last: run convolutions in channels-last memory format.
+        head_dropout: channel dropout before the 1x1 classifier while training (PSA's classifier: 0.5).
     """
 
     def __init__(
@@ -48,10 +49,13 @@ class CAMModule(pl.LightningModule):
         msf_scales: Sequence[float] = DEFAULT_SCALES,
         msf_flip: bool = True,
         channels_last: bool = False,
+        head_dropout: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()  # collects the subclasses' __init__ arguments too
-        self.net: CAMNet = build_cam_net(backbone, num_classes, pretrained=pretrained, **(backbone_options or {}))
+        self.net: CAMNet = build_cam_net(
+            backbone, num_classes, pretrained=pretrained, head_dropout=head_dropout, **(backbone_options or {})
+        )
         self.msf_scales, self.msf_flip = tuple(msf_scales), msf_flip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
