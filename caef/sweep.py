@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -223,10 +224,20 @@ def run_local(
         }
 
     if jobs > 1:  # the shared first stage runs once before the points fan out
+        from caef.stage_runner import Interrupted, stop_signals
+
         first, rest = runs[0], runs[1:]
         results = [one(first)]
-        with ThreadPoolExecutor(jobs) as pool:
-            results += list(pool.map(one, rest))
+        # the points' pipelines run in worker threads, which cannot take signals: here SIGTERM/SIGINT stop every
+        # running stage's process group (the workers' stages then fail and the pool ends)
+        try:
+            with stop_signals(), ThreadPoolExecutor(jobs) as pool:
+                results += list(pool.map(one, rest))
+        except Interrupted as stop:
+            raise CaefError(
+                f"interrupted by {signal.Signals(stop.signum).name} (every running point's stages were stopped); "
+                "rerun the same command to resume"
+            ) from None
     else:
         results = [one(item) for item in runs]
     out = Path(runs_root) / "sweeps" / sweep_name

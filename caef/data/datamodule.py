@@ -131,11 +131,11 @@ class WSSSDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
-    def _inference_loader(self, split: str, limit: int | None = None) -> DataLoader:
+    def _inference_loader(self, split: str, limit: int | None = None, with_labels: bool = True) -> DataLoader:
         """Whole images batched by size. Under DDP each rank gets its own share of the split, every image exactly
         once over all ranks (no padding, unlike Lightning's ``DistributedSampler``): scores count each image once
         and exported files are written once."""
-        dataset = InferenceDataset(self.source, split, eval_transform(), limit=limit)
+        dataset = InferenceDataset(self.source, split, eval_transform(), limit=limit, with_labels=with_labels)
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         if 0 < len(dataset) < world_size:
             raise DataError(
@@ -244,5 +244,5 @@ class SegmentationDataModule(WSSSDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._inference_loader(self.val_split)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._inference_loader(self.predict_split)
+    def predict_dataloader(self) -> DataLoader:  # segmentation needs no image-level labels (test has none)
+        return self._inference_loader(self.predict_split, with_labels=False)

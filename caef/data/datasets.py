@@ -43,7 +43,8 @@ class ClassificationDataset(Dataset):
 
 
 class InferenceDataset(Dataset):
-    """Whole images at their original size, for CAM inference and scoring (``mask`` where the split has one)."""
+    """Whole images at their original size, for CAM inference and scoring (``mask`` where the split has one).
+    ``with_labels=False`` reads no image-level labels: a benchmark's test split has none (VOC 2012 ``test``)."""
 
     def __init__(
         self,
@@ -52,10 +53,12 @@ class InferenceDataset(Dataset):
         transform: Callable[..., dict],
         with_masks: bool = True,
         limit: int | None = None,
+        with_labels: bool = True,
     ):
         self.source, self.split, self.transform = source, split, transform
         self.ids = source.split_ids(split)[:limit]
         self.with_masks = with_masks and source.has_masks(split)
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,7 +80,9 @@ class InferenceDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         image = self.source.read_image(image_id)
-        sample: Sample = {"id": image_id, "label": torch.from_numpy(self.source.label_of(image_id).astype(np.float32))}
+        sample: Sample = {"id": image_id}
+        if self.with_labels:
+            sample["label"] = torch.from_numpy(self.source.label_of(image_id).astype(np.float32))
         if self.with_masks:
             mask = self.source.read_mask(image_id, self.split)
             check_same_size(image, mask, self.source.image_path(image_id), self.source.mask_path(image_id, self.split))

@@ -33,6 +33,8 @@ def save_deeplab(path: Path, num_classes: int) -> DeepLabModule:
 
 def test_voc_test_predictions_for_every_id_with_palette_and_size(tmp_path):
     tree = make_voc_tree(tmp_path / "voc")
+    for image_id in tree["ids"]["test"]:  # like VOC 2012's test set: no image-level labels to read
+        (tree["voc"] / "Annotations" / f"{image_id}.xml").unlink(missing_ok=True)
     ckpt = tmp_path / "last.ckpt"
     save_deeplab(ckpt, 21)
     args = [
@@ -74,6 +76,8 @@ def test_coco_results_are_rle_per_present_class_with_coco_ids():
 
 def test_coco_results_need_a_coco_dataset(tmp_path, capsys):
     tree = make_voc_tree(tmp_path / "voc")
+    for image_id in tree["ids"]["test"]:  # like VOC 2012's test set: no image-level labels to read
+        (tree["voc"] / "Annotations" / f"{image_id}.xml").unlink(missing_ok=True)
     ckpt = tmp_path / "last.ckpt"
     save_deeplab(ckpt, 21)
     args = [
