@@ -190,7 +190,7 @@ def _plot_train_overlays(
         cam, seeds = None, None
         cam_file = run_dir / "cams" / "cgnet" / f"{image_id}.npz"
         if cam_file.is_file() and threshold is not None:
-            cams, classes = load_cams(cam_file, source.num_classes)
+            cams, classes = load_cams(cam_file, source.num_classes, label=source.label_of(image_id))
             cam = threshold_cam_file(cams, classes, threshold)
         low, high = (run_dir / "seeds" / k / f"{image_id}.png" for k in ("low", "high"))
         if low.is_file() and high.is_file():

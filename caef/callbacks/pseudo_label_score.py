@@ -106,7 +106,7 @@ class PseudoLabelScore(pl.Callback):
             }  # fmt: skip
             cam_path = Path(self.cam_dir) / f"{image_id}.npz" if self.cam_dir else None
             if cam_path is not None and cam_path.is_file():
-                cams, classes = load_cams(cam_path, source.num_classes)
+                cams, classes = load_cams(cam_path, source.num_classes, label=source.label_of(image_id))
                 masks["thresholded_cam"] = {"mask_data": threshold_cam_file(cams, classes, threshold),
                                             "class_labels": class_labels}  # fmt: skip
             table.add_data(image_id, round(miou * 100, 2), wandb.Image(source.read_image(image_id), masks=masks))

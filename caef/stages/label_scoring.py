@@ -97,7 +97,8 @@ def score_label_maps(
     ids = source.split_ids(split)[:limit]
     for image_id in tqdm(ids, desc=f"scoring label maps ({split})", unit="img", disable=not progress):
         truth = source.read_mask(image_id, split)
-        predictions = _read_predictions(dirs, image_id, num_classes, truth.shape, cam_threshold)
+        label = source.label_of(image_id) if "thresholded_cam" in dirs else None
+        predictions = _read_predictions(dirs, image_id, num_classes, truth.shape, cam_threshold, label)
         target = torch.from_numpy(truth.astype(np.int64))
         for kind, pred in predictions.items():
             if pred.shape != truth.shape:
@@ -139,13 +140,18 @@ def score_label_maps(
 
 
 def _read_predictions(
-    dirs: dict[str, Path], image_id: str, num_classes: int, size: tuple[int, int], cam_threshold: float | None
+    dirs: dict[str, Path],
+    image_id: str,
+    num_classes: int,
+    size: tuple[int, int],
+    cam_threshold: float | None,
+    label: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if "pseudo_label" in dirs and (path := dirs["pseudo_label"] / f"{image_id}.png").is_file():
         out["pseudo_label"] = read_mask(path, num_classes)
     if "thresholded_cam" in dirs and (path := dirs["thresholded_cam"] / f"{image_id}.npz").is_file():
-        cams, classes = load_cams(path, num_classes, size=size)
+        cams, classes = load_cams(path, num_classes, size=size, label=label)
         out["thresholded_cam"] = threshold_cam_file(cams, classes, cam_threshold)
     if "crf_seed" in dirs:
         low, high = (dirs["crf_seed"] / kind / f"{image_id}.png" for kind in ("low", "high"))

@@ -76,3 +76,15 @@ def test_random_walk_writer_refuses_cams_of_other_classes(tmp_path: Path, tiny_s
     with pytest.raises(DataError, match="but its image is labelled"):
         writer.write_on_batch_end(trainer, None, prediction, None, batch, 0, 0)
     assert not (tmp_path / "pseudo").exists()
+
+
+def test_thresholded_cam_score_refuses_cams_of_other_classes(tmp_path: Path, tiny_synth: Path) -> None:
+    """The reported ``thresholded_cam_miou`` is a number in the summary: it must not score another image's CAMs."""
+    from caef.stages.label_scoring import score_label_maps
+
+    source = VOCSource(tiny_synth)
+    split = "train"
+    image_id = source.split_ids(split)[0]
+    write_cams(tmp_path / f"{image_id}.npz", other_classes(source, image_id), source.read_image(image_id).shape[:2])
+    with pytest.raises(DataError, match="but its image is labelled"):
+        score_label_maps(source, split, cam_dir=tmp_path, cam_threshold=0.3, progress=False)
