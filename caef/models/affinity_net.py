@@ -84,7 +84,7 @@ class AffinityNet(nn.Module):
         if len(depths) != len(HEAD_CHANNELS):
             raise CaefError(f"AffinityNet taps exactly {len(HEAD_CHANNELS)} stages, got feature_depths={depths}")
         for depth in depths:
-            backbone._check_depth(depth, allow_zero=False)
+            backbone.check_depth(depth, allow_zero=False)
         self.depths = depths
         in_channels = [backbone.stage_channels[d - 1] for d in depths]
         self.f8_3, self.f8_4, self.f8_5 = (

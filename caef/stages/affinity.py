@@ -36,10 +36,10 @@ class AffinityNetModule(pl.LightningModule):
         num_classes: classes including background (linked from the datamodule; the loss does not need it).
         backbone, pretrained, backbone_options: the trunk, as for the CAM networks (e.g. ResNet-38 from the
             ImageNet ``.params``, or PSA's ``res38_cls.pth``).
-        init_checkpoint: a caef classifier / CGNet ``.ckpt`` whose trunk initialises AffinityNet's (the pipeline
-            passes ``--model.init_checkpoint=<run_dir>/cgnet/last.ckpt``), or PSA's trained AffinityNet
-            ``res38_aff.pth`` (trunk and head: ``caef affinity predict`` with it runs PSA's random walk features);
-            loaded after ``pretrained``.
+        init_checkpoint: a caef classifier / CGNet ``.ckpt`` whose trunk initialises AffinityNet's (the demo's
+            experiment file passes ``{run}/cgnet/last.ckpt``; VOC/COCO start from ImageNet as PSA), or PSA's
+            trained AffinityNet ``res38_aff.pth`` (trunk and head: ``caef affinity predict`` with it runs PSA's
+            random-walk features); loaded after ``pretrained``; not saved as a hyper-parameter.
         feature_depths: the three backbone stages the head reads (default: ResNet-38 4/5/7 as PSA's taps, the
             BN-and-ReLU'd inputs of b5 and b6 and the final features; otherwise the last three stride-8 stages, see
             :func:`caef.models.affinity_net.affinity_depths`).
@@ -70,7 +70,9 @@ class AffinityNetModule(pl.LightningModule):
         channels_last: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # init_checkpoint only seeds training: an AffinityNet checkpoint holds all its weights, and `--ckpt_path`
+        # (which re-applies saved hyper-parameters) must not need that file, e.g. after the run folder moved
+        self.save_hyperparameters(ignore=("init_checkpoint",))
         if radius < 2:
             raise CaefError(f"model.radius must be at least 2 (PSA: 5), got {radius}")
         self.net: AffinityNet = build_affinity_net(

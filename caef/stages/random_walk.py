@@ -130,13 +130,6 @@ def random_walk(cam_vec: Tensor, trans: Tensor, logt: int = 8) -> Tensor:
     return cam_vec @ _power(trans, logt)
 
 
-def random_walk_batch(cam_vecs: Tensor, trans: Tensor, logt: int = 8) -> Tensor:
-    """:func:`random_walk` for ``B`` images of one grid size: ``cam_vecs (B, C, N)``, ``trans (B, N, N)``."""
-    for _ in range(logt):
-        trans = torch.bmm(trans, trans)
-    return torch.bmm(cam_vecs, trans)
-
-
 @torch.no_grad()
 def propagate(cams: Tensor, classes: Tensor, features: Tensor, **walk: Any) -> Tensor:
     """Random-walk label map ``(H, W)`` (class ids, 0 = background) of one image, as PSA's ``infer_aff.py``: the

@@ -187,6 +187,8 @@ def test_trunk_initialised_from_a_classifier_checkpoint(tmp_path):
     for key, value in module.net.backbone.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert AffinityNet.from_cam_checkpoint(path).backbone.width == SMALL["width"]
+    # the init file is not a hyper-parameter: `--ckpt_path` re-applies those, and must not need it after a move
+    assert "init_checkpoint" not in module.hparams
 
 
 def test_cgnet_checkpoint_trunk_comes_from_net_not_the_oc(tmp_path):

@@ -9,7 +9,6 @@ from caef.stages.random_walk import (
     pair_indices,
     propagate,
     random_walk,
-    random_walk_batch,
     transition_matrix,
 )
 
@@ -93,15 +92,6 @@ def test_random_walk_invariants():
     assert (walked.amax(1) <= cam.amax(1)).all() and (walked.amin(1) >= cam.amin(1)).all()
     column_walk = torch.linalg.matrix_power(trans, 16) @ cam.T  # the other orientation: a Markov chain on mass
     assert torch.allclose(column_walk.sum(0), cam.sum(1))
-
-
-def test_random_walk_batch_equals_per_image():
-    gen = torch.Generator().manual_seed(3)
-    trans = torch.stack([random_column_stochastic(20, gen)[1] for _ in range(3)])
-    cams = torch.rand(3, 5, 20, generator=gen, dtype=torch.float64)
-    batched = random_walk_batch(cams, trans, 5)
-    for i in range(3):
-        assert torch.allclose(batched[i], random_walk(cams[i], trans[i], 5))
 
 
 def test_propagate_shapes_and_values():

@@ -91,8 +91,6 @@ class Backbone(nn.Module, abc.ABC):
                 f"use {low}..{self.num_stages} (0 = image level, i = output of stage i)"
             )
 
-    _check_depth = check_depth  # the former private name, still called by caef.models.affinity_net
-
     # -- freezing, as in the reference: first stages and every BatchNorm fixed --------------------
     def apply_freezing(self) -> None:
         """Set ``requires_grad=False`` on frozen stages and (with ``freeze_bn``) BatchNorm affine parameters."""
