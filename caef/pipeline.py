@@ -39,10 +39,11 @@ from caef.errors import CaefError
 from caef.io import update_json, write_json
 from caef.pipeline_config import PipelineConfig, check_run_name
 from caef.pipeline_tracking import PipelineTracker, params_from_overrides
+from caef.reported_metrics import SUMMARY_PREFIXES
 from caef.run_facts import run_facts, versions, wandb_context
 from caef.run_lock import RunLock
 from caef.stage_cache import StageCache
-from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, SUMMARY_PREFIXES, StageSpec
+from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
 from caef.stage_outputs import StageOutputs, stage_setting
 from caef.stage_runner import Interrupted, resume_checkpoint, run_stage_process, stop_signals
 

@@ -18,6 +18,15 @@ STAGE_METRICS: dict[str, tuple[str, ...]] = {
     "deeplab": ("deeplab_val_miou",),
     "fully_supervised": ("fully_supervised_val_miou",),
 }
+#: summary.json key prefixes each stage owns (what its score callbacks write): a stage's manifest entry keeps all
+#: of them, also those a rerun rewrote with an unchanged value
+SUMMARY_PREFIXES: dict[str, tuple[str, ...]] = {
+    "classifier": ("oc_",),
+    "cgnet": ("cgnet_",),
+    "pseudo": ("pseudo_label_", "crf_seed_", "thresholded_cam_"),
+    "deeplab": ("deeplab_val_",),
+    "fully_supervised": ("fully_supervised_val_",),
+}
 #: written by the pipeline itself once its stages are done
 PIPELINE_METRICS = ("total_seconds",)
 

@@ -125,13 +125,3 @@ STAGES: dict[str, StageSpec] = {
     )
 }  # fmt: skip
 ORDER = tuple(STAGES)
-
-#: summary.json key prefixes each stage owns (what its score callbacks write): a stage's manifest entry keeps all
-#: of them, also those a rerun rewrote with an unchanged value
-SUMMARY_PREFIXES: dict[str, tuple[str, ...]] = {
-    "classifier": ("oc_",),
-    "cgnet": ("cgnet_",),
-    "pseudo": ("pseudo_label_", "crf_seed_", "thresholded_cam_"),
-    "deeplab": ("deeplab_val_",),
-    "fully_supervised": ("fully_supervised_val_",),
-}

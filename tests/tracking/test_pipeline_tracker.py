@@ -143,3 +143,14 @@ def test_a_signal_during_a_wandb_call_is_delivered_after_it():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_every_reported_metric_belongs_to_its_stage_summary_prefixes():
+    """The two tables of what a stage writes agree: a metric outside its stage's prefixes would be dropped from the
+    manifest's summary entries (and so from a stage-cache copy) while the sweep check still accepted it."""
+    from caef.reported_metrics import STAGE_METRICS, SUMMARY_PREFIXES
+
+    assert set(STAGE_METRICS) == set(SUMMARY_PREFIXES)
+    for stage, metrics in STAGE_METRICS.items():
+        for metric in metrics:
+            assert metric.startswith(SUMMARY_PREFIXES[stage]), (stage, metric)
