@@ -29,11 +29,11 @@ test-all: $(STAMP)  ## run every test, the slow ones too
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m ""
 
 lint: $(STAMP)  ## ruff check + ruff format --check (what CI runs before the tests)
-	$(BIN)/ruff check caef tests benchmarks
-	$(BIN)/ruff format --check caef tests benchmarks
+	$(BIN)/ruff check caef tests benchmarks examples
+	$(BIN)/ruff format --check caef tests benchmarks examples
 
 format: $(STAMP)  ## ruff format
-	$(BIN)/ruff format caef tests benchmarks
+	$(BIN)/ruff format caef tests benchmarks examples
 
 demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~19 min): runs/$(RUN)/summary.json + report.md
 	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)

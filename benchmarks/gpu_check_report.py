@@ -35,7 +35,7 @@ GOALS = (
 def new_record(command: str, form: str, budget_s: float, environment: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
         "form": form,  # "full" (CUDA, the real sizes) or "small" (the CPU form)
         "budget_s": budget_s,
