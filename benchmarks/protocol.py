@@ -19,7 +19,7 @@ deeplab_eval       DeepLab evaluation of one whole image (the config's eval scal
 
 Training phases count what Lightning runs: ``floor(N / batch)`` steps per epoch (``drop_last``) of ``batch``
 images, or ``max_steps * batch`` images; validation runs every ``check_val_every_n_epoch`` epochs (made a divisor
-of ``max_epochs`` as ``caef.cli.validate_last_epoch`` does) or every ``val_check_interval`` steps.
+of ``max_epochs`` as ``caef.run_layout.validate_last_epoch`` does) or every ``val_check_interval`` steps.
 Not counted: data loading (JPEG decoding and augmentation run in 8 loader workers, beside the GPU), checkpoint
 writes, the CPU scoring of pseudo labels, and process start-up.
 """

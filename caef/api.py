@@ -58,7 +58,7 @@ def checkpoint_path(path: str | Path, stage: str | None = None) -> Path:
 def module_class(checkpoint: dict[str, Any], path: Path) -> type[pl.LightningModule]:
     """The LightningModule class of a caef checkpoint: the class it records (a subclass given with
     ``--model=...``), else the stage its folder is named after, else the one its hyper-parameters fit."""
-    from caef.cli import STAGES as COMMANDS
+    from caef.stage_cli import STAGES as COMMANDS
     from caef.stage_graph import STAGES
 
     hparams = checkpoint["hyper_parameters"]

@@ -43,7 +43,7 @@ def check_stage_flags(stage_name: str, config_path: str | Path | None, flags: Se
 def _check_cached(stage_name: str, command: tuple[str, ...], config: str | None, flags: tuple[str, ...]) -> None:
     if command[0] in LIGHTNING_STAGES:
         argv = [*command[1:], *(["--config", config] if config else []), *flags]
-        from caef.cli import names_a_model_class
+        from caef.stage_cli import names_a_model_class
 
         parser = _lightning_parser(command[0], names_a_model_class(argv))
         message = _parse_errors(lambda: parser.parse_args(argv))
@@ -63,7 +63,7 @@ def _lightning_parser(command: str, subclass_mode: bool = False) -> Any:
 
     from lightning.pytorch.cli import LightningCLI
 
-    from caef.cli import stage_cli
+    from caef.stage_cli import stage_cli
 
     setup_parser = LightningCLI.setup_parser
 

@@ -109,7 +109,7 @@ def test_unknown_command(capsys: pytest.CaptureFixture) -> None:
 
 def test_wandb_is_sandboxed(tmp_path: Path) -> None:
     """The autouse fixture of conftest: W&B off, its folders outside the repository, ``tmp_path`` left empty."""
-    from caef.cli import configure_wandb_mode
+    from caef.wandb_mode import configure_wandb_mode
 
     assert os.environ["WANDB_MODE"] == "disabled" and configure_wandb_mode() == "disabled"
     repo = Path(__file__).resolve().parents[1]

@@ -118,7 +118,7 @@ def test_every_sweep_point_parses_as_pipeline_flags():
 
 def test_sweep_point_flags_reach_the_stage_cli(tmp_path, tiny_synth, tiny_synth_config):
     """A masking-depth sweep point parses with the cgnet stage's own LightningCLI (jsonargparse)."""
-    from caef.cli import stage_cli
+    from caef.stage_cli import stage_cli
 
     args, overrides = parse_args([str(ROOT / "experiments/demo.yaml"), "--cgnet.model.masking_depth=3",
                                   *tiny_flags(tiny_synth, tiny_synth_config)])  # fmt: skip

@@ -193,7 +193,7 @@ def test_labels_beyond_the_class_names_are_an_error(tmp_path):
 def test_fashion_stage_configs_read_a_scene_tree(stage, tmp_path):
     """The fashion configs read a scene tree as VOC (classes from its classes.txt); the CGNet's is covered with the
     other CAM-stage configs (tests/stages/test_stage_cli.py)."""
-    from caef.cli import stage_cli
+    from caef.stage_cli import stage_cli
 
     generate_scenes(tmp_path / "tree", tiny(), write_source(tmp_path / "src"), progress=False)
     args = [

@@ -18,7 +18,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from reliability_helpers import tiny_classifier_args
 
 from caef.callbacks import AtomicCheckpointIO, install_atomic_checkpoints
-from caef.cli import stage_cli
+from caef.stage_cli import stage_cli
 
 
 def disk_full_after(monkeypatch: pytest.MonkeyPatch, good_saves: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning.pytorch.trainer.states import TrainerFn
 from reliability_helpers import tiny_classifier_args
 
-from caef.cli import stage_cli
+from caef.stage_cli import stage_cli
 
 
 def test_predict_config_is_saved_as_config_predict_yaml(tmp_path, tiny_synth):

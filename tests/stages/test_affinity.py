@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from caef.cli import main, stage_cli
+from caef.cli import main
 from caef.data.source import write_mask
 from caef.errors import CaefError
 from caef.models.affinity_net import AffinityNet, affinity_depths, build_affinity_net, stage_strides
 from caef.models.backbones import build_backbone
+from caef.stage_cli import stage_cli
 from caef.stages.affinity import AffinityNetModule
 from caef.stages.affinity_labels import pair_offsets
 from caef.stages.classifier import ClassifierModule

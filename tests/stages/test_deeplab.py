@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
-from caef.cli import stage_cli
 from caef.data.datamodule import SegmentationDataModule
 from caef.data.synthetic import SynthConfig, generate
 from caef.errors import CaefError
 from caef.models.deeplab import build_deeplab, multiscale_probs, pick_low_level_stage, segmentation_loss
+from caef.stage_cli import stage_cli
 from caef.stages.deeplab import DeepLabModule, SegmentationScore
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

@@ -7,8 +7,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from caef.cli import stage_cli
 from caef.errors import CaefError
+from caef.stage_cli import stage_cli
 from caef.stages.classifier import ClassifierModule
 from caef.stages.deeplab import DeepLabModule
 

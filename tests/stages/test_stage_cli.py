@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from caef.cam_files import load_cams
-from caef.cli import configure_wandb_mode, main, stage_cli
+from caef.cli import main
 from caef.models.cam_net import build_cam_net
+from caef.stage_cli import stage_cli
+from caef.wandb_mode import configure_wandb_mode
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 #: the CAM stages' configs (affinity and deeplab configs are instantiated in their own test files)
@@ -161,7 +163,7 @@ def test_resolved_config_is_saved_in_the_stage_folder(tmp_path, tiny_synth, tiny
 def test_validation_is_moved_onto_the_last_epoch(every, epochs, expected):
     from jsonargparse import Namespace
 
-    from caef.cli import validate_last_epoch
+    from caef.run_layout import validate_last_epoch
 
     trainer = Namespace(check_val_every_n_epoch=every, max_epochs=epochs)
     note = validate_last_epoch(trainer)
