@@ -31,21 +31,6 @@ INIT_CHECKPOINT_HELP = (
 )
 
 
-def stage_strides(backbone: Backbone, probe_size: int = 64) -> tuple[int, ...]:
-    """Output stride of every stage, measured by one forward pass of a ``probe_size`` square (no_grad, eval mode,
-    so BatchNorm statistics are untouched; the training mode is restored afterwards)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        parameter = next(backbone.parameters())
-        x = torch.zeros(1, 3, probe_size, probe_size, device=parameter.device, dtype=parameter.dtype)
-        with torch.no_grad():
-            outputs = backbone.forward_stages(x, range(1, backbone.num_stages + 1))
-    finally:
-        backbone.train(was_training)
-    return tuple(probe_size // outputs[d].shape[-1] for d in range(1, backbone.num_stages + 1))
-
-
 def affinity_depths(backbone: Backbone) -> tuple[int, int, int]:
     """The three stages (1-based) AffinityNet's head reads.
 
@@ -60,7 +45,7 @@ def affinity_depths(backbone: Backbone) -> tuple[int, int, int]:
 
     if isinstance(backbone, ResNet38):
         return (4, 5, 7)
-    strides = stage_strides(backbone)
+    strides = backbone.stage_strides()
     at_eight = [depth for depth, stride in enumerate(strides, start=1) if stride == FEATURE_STRIDE]
     if len(at_eight) < 3:
         raise CaefError(

@@ -90,18 +90,6 @@ class DecoderV3Plus(nn.Module):
 
 
 @torch.no_grad()
-def stage_strides(backbone: Backbone, probe_size: int = 64) -> list[int]:
-    """Output stride of every stage, from one forward of a ``probe_size`` square (BatchNorm in eval mode)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        x = torch.zeros(1, 3, probe_size, probe_size, device=next(backbone.parameters()).device)
-        outputs = backbone.forward_stages(x, range(1, backbone.num_stages + 1))
-    finally:
-        backbone.train(was_training)
-    return [round(probe_size / outputs[depth].shape[-1]) for depth in sorted(outputs)]
-
-
 def pick_low_level_stage(strides: Sequence[int]) -> int:
     """1-based stage for the v3+ decoder: deepest at stride 4, else deepest at stride 2, else first at stride 8."""
     for wanted in (4, 2):
@@ -133,7 +121,7 @@ class DeepLab(nn.Module):
             self.head: nn.Module = ASPPv2(backbone.out_channels, num_classes)
             return
         if low_level_stage is None:
-            low_level_stage = pick_low_level_stage(stage_strides(backbone))
+            low_level_stage = pick_low_level_stage(backbone.stage_strides())
         if not 1 <= low_level_stage < backbone.num_stages:
             raise CaefError(f"low_level_stage={low_level_stage} must be in 1..{backbone.num_stages - 1}")
         self.low_level_stage = low_level_stage

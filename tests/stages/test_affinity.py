@@ -12,7 +12,7 @@ import torch
 from caef.cli import main
 from caef.data.source import write_mask
 from caef.errors import CaefError
-from caef.models.affinity_net import AffinityNet, affinity_depths, build_affinity_net, stage_strides
+from caef.models.affinity_net import AffinityNet, affinity_depths, build_affinity_net
 from caef.models.backbones import build_backbone
 from caef.stage_cli import stage_cli
 from caef.stages.affinity import AffinityNetModule
@@ -100,9 +100,9 @@ def test_stride_probe_keeps_mode_and_statistics():
     backbone = build_backbone("resnet18")
     backbone.train()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    assert stage_strides(backbone) == (2, 4, 8, 8, 8)
+    assert backbone.stage_strides() == (2, 4, 8, 8, 8)
     assert backbone.training and all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
-    assert stage_strides(build_backbone("resnet38", **SMALL)) == (1, 2, 4, 8, 8, 8, 8)
+    assert build_backbone("resnet38", **SMALL).stage_strides() == (1, 2, 4, 8, 8, 8, 8)
     assert affinity_depths(build_backbone("vgg16")) == (3, 4, 5)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -81,6 +82,21 @@ class Backbone(nn.Module, abc.ABC):
         the BN-and-ReLU'd input of the next block instead.
         """
         return self.forward_stages(x, depths)
+
+    def stage_strides(self, probe_size: int = 64) -> tuple[int, ...]:
+        """Output stride of every stage, measured by one forward pass of a ``probe_size`` square (no_grad, eval
+        mode, so BatchNorm statistics are untouched; the training mode is restored afterwards). Read by AffinityNet
+        (its stride-8 taps) and DeepLab-v3+ (its low-level stage), so a plug-in backbone needs no table for them."""
+        was_training = self.training
+        self.eval()
+        try:
+            parameter = next(self.parameters())
+            x = torch.zeros(1, 3, probe_size, probe_size, device=parameter.device, dtype=parameter.dtype)
+            with torch.no_grad():
+                outputs = self.forward_stages(x, range(1, self.num_stages + 1))
+        finally:
+            self.train(was_training)
+        return tuple(round(probe_size / outputs[d].shape[-1]) for d in range(1, self.num_stages + 1))
 
     def check_depth(self, depth: int, allow_zero: bool = True) -> None:
         """A ValueError unless ``depth`` names a stage (1..num_stages) or, with ``allow_zero``, the image (0)."""
