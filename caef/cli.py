@@ -36,7 +36,7 @@ def _usage() -> str:
         lines.append(f"  {name:<11} {help_text}")
     lines.append(f"  {'pipeline':<11} a whole experiment from one YAML (experiments/demo.yaml), cached and resumable")
     lines.append(f"  {'sweep':<11} a W&B sweep file: `caef sweep FILE --local` runs the grid offline: table + plot")
-    lines.append(f"  {'data':<11} dataset tools: `caef data check` validates a tree, `caef data synth` generates one")
+    lines.append(f"  {'data':<11} dataset tools: `caef data check` validates a tree; `synth`, `scenes` generate one")
     return "\n".join(lines)
 
 
