@@ -38,11 +38,14 @@ def wandb_context(config: Any, facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """Python's and the main packages' versions."""
+    """Python's and the main packages' versions; caef's from the code that ran (an editable install's metadata keeps
+    the version it was installed at)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": sys.version.split()[0]}
-    for package in ("caef", "torch", "torchvision", "lightning", "torchmetrics", "wandb", "albumentations"):
+    from caef import __version__
+
+    out = {"python": sys.version.split()[0], "caef": __version__}
+    for package in ("torch", "torchvision", "lightning", "torchmetrics", "wandb", "albumentations"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:

@@ -60,3 +60,11 @@ def test_a_code_change_reruns_done_stages_and_says_why(tmp_path, tiny_synth, cap
     after = manifest(rerun.run_dir)["stages"]["classifier"]
     assert after["code"] == "0123456789abcdef" and after["fingerprint"] != before["fingerprint"]
     assert Path(rerun.run_dir / "classifier" / "last.ckpt").is_file()
+
+
+def test_summary_names_the_caef_version_that_ran() -> None:
+    """An editable install's metadata keeps the version it was installed at; the summary must name the code's."""
+    import caef
+    from caef.run_facts import versions
+
+    assert versions()["caef"] == caef.__version__
