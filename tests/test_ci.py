@@ -23,7 +23,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    for folder in ("caef", "tests", "benchmarks"):
+    for folder in ("caef", "tests", "benchmarks", "examples"):
         (tmp_path / folder).mkdir()
     (tmp_path / "caef" / "good.py").write_text('"""A clean module."""\n\nVALUE = 1\n')
     return tmp_path

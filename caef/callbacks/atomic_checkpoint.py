@@ -23,6 +23,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from caef.io import fsync_dir
+
 
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
@@ -39,21 +41,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; some file systems cannot open or fsync a directory, which then stays as it is."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
