@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from caef.conformance.components import COMPONENTS, Context, Result
+from caef.conformance.components import COMPONENTS
+from caef.conformance.harness import Context, Result
 from caef.conformance.reference import Patches, check_clone, clone_commit
 from caef.errors import CaefError
 
