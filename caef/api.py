@@ -29,6 +29,7 @@ from torch import Tensor
 
 from caef.checkpoints import read_lightning_checkpoint
 from caef.errors import CaefError
+from caef.run_layout import CHECKPOINT, SUMMARY, layout_path
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -49,7 +50,7 @@ def checkpoint_path(path: str | Path, stage: str | None = None) -> Path:
     folder)."""
     path = Path(path)
     if path.is_dir():
-        path = path / stage / "last.ckpt" if stage else path / "last.ckpt"
+        path = path / layout_path(CHECKPOINT, stage) if stage else path / "last.ckpt"
     if not path.is_file():
         raise CaefError(f"checkpoint not found: {path}; {_HINT} (a run folder needs the stage: load(run, 'cgnet'))")
     return path
@@ -206,7 +207,7 @@ def predict(deeplab, images: Any) -> np.ndarray:
 # -- a run's outputs ---------------------------------------------------------------------------------------
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """``<run_dir>/summary.json``: every stage's scores, the seed, backbones, times."""
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / SUMMARY
     if not path.is_file():
         raise CaefError(f"no summary at {path}; is {run_dir} a caef run folder (runs/<name>)?")
     try:

@@ -41,6 +41,7 @@ from caef.pipeline_config import PipelineConfig, check_run_name
 from caef.pipeline_tracking import PipelineTracker, params_from_overrides
 from caef.reported_metrics import SUMMARY_PREFIXES
 from caef.run_facts import run_facts, versions, wandb_context
+from caef.run_layout import SUMMARY, layout_path
 from caef.run_lock import RunLock
 from caef.stage_cache import StageCache
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
@@ -90,15 +91,9 @@ class Pipeline:
             args += [f"--stage_dir={stage}"] if spec.trains and stage != spec.command[0] else []
         if spec.command[0] in LIGHTNING_STAGES and self.config.data_root:
             args.append(f"--data.root={self.config.data_root}")
-        if stage == "cams":
-            args.append(f"--ckpt_path={run / 'cgnet' / 'last.ckpt'}")
-        elif stage == "crf":
+        if spec.command == ("crf",):  # an offline command: the dataset comes as its own flags
             args += [f"--dataset={self.config.dataset}", f"--root={self.config.data_root}"]
-            args += [f"--cam-dir={run / 'cams' / 'cgnet'}", f"--out-dir={run / 'seeds'}"]
-        elif stage == "pseudo":
-            args.append(f"--ckpt_path={run / 'affinity' / 'last.ckpt'}")
-        elif stage == "deeplab":
-            args.append(f"--data.label_dir={run / 'pseudo'}")
+        args += [f"{flag}={run / layout_path(template, owner)}" for flag, template, owner in spec.inputs]
         return args + self.user_flags(stage)
 
     def user_flags(self, stage: str) -> list[str]:
@@ -354,7 +349,7 @@ class Pipeline:
 
     # -- facts and summary -----------------------------------------------------------------------------------------
     def _summary(self) -> dict:
-        path = self.run_dir / "summary.json"
+        path = self.run_dir / SUMMARY
         try:
             return json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:
@@ -379,7 +374,7 @@ class Pipeline:
         times = {s: manifest["stages"][s].get("seconds") for s in ORDER if s in manifest["stages"]}
         times = {s: t for s, t in times.items() if manifest["stages"][s].get("status") == "done"}
         summary = update_json(
-            self.run_dir / "summary.json",
+            self.run_dir / SUMMARY,
             self._facts()
             | {
                 "config_hash": self.config_hash(),

@@ -19,6 +19,7 @@ import numpy as np
 
 from caef.data.source import IGNORE_INDEX, SegmentationSource, read_mask, voc_palette
 from caef.io import atomic_path
+from caef.run_layout import CAM_DIR, CHECKPOINT, PSEUDO_DIR, SEED_DIR, SUMMARY, layout_path
 
 #: (summary key of per-class IoU, label) in pipeline order
 IOU_KEYS = (
@@ -60,7 +61,8 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
 
     matplotlib.use("Agg")
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary_file = run_dir / SUMMARY
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     lines = [f"# {summary.get('name', run_dir.name)}", ""]
     facts = ("dataset", "seed", "classifier_backbone", "cgnet_backbone", "masking_depth", "config_hash")
     lines += [f"- {k}: `{summary[k]}`" for k in facts if k in summary] + [""]
@@ -180,7 +182,7 @@ def _plot_train_overlays(
     split = "train"
     if split not in source.splits or not source.has_masks(split):
         return False
-    ids = [i for i in source.split_ids(split) if (run_dir / "pseudo" / f"{i}.png").is_file()][:num_images]
+    ids = [i for i in source.split_ids(split) if (run_dir / PSEUDO_DIR / f"{i}.png").is_file()][:num_images]
     if not ids:
         return False
     cam_title = "CGNet CAM" if threshold is None else f"CGNet CAM (bg threshold {threshold:.2f})"
@@ -188,14 +190,14 @@ def _plot_train_overlays(
     rows = []
     for image_id in ids:
         cam, seeds = None, None
-        cam_file = run_dir / "cams" / "cgnet" / f"{image_id}.npz"
+        cam_file = run_dir / layout_path(CAM_DIR, "cgnet") / f"{image_id}.npz"
         if cam_file.is_file() and threshold is not None:
             cams, classes = load_cams(cam_file, source.num_classes, label=source.label_of(image_id))
             cam = threshold_cam_file(cams, classes, threshold)
-        low, high = (run_dir / "seeds" / k / f"{image_id}.png" for k in ("low", "high"))
+        low, high = (run_dir / SEED_DIR / k / f"{image_id}.png" for k in ("low", "high"))
         if low.is_file() and high.is_file():
             seeds = seed_map(read_mask(low, source.num_classes), read_mask(high, source.num_classes))
-        pseudo = read_mask(run_dir / "pseudo" / f"{image_id}.png", source.num_classes)
+        pseudo = read_mask(run_dir / PSEUDO_DIR / f"{image_id}.png", source.num_classes)
         rows.append((image_id, [source.read_image(image_id), source.read_mask(image_id, split), cam, seeds, pseudo]))
     _save(label_grid(columns, rows, source.class_names), path)
     return True
@@ -208,7 +210,7 @@ def _plot_val_overlays(path: Path, run_dir: Path, source: SegmentationSource, nu
     from caef.stages.deeplab import DeepLabModule
 
     titles = {"deeplab": "DeepLab (pseudo labels)", "fully_supervised": "DeepLab (ground truth)"}
-    checkpoints = [(title, run_dir / stage / "last.ckpt") for stage, title in titles.items()]
+    checkpoints = [(title, run_dir / layout_path(CHECKPOINT, stage)) for stage, title in titles.items()]
     checkpoints = [(title, c) for title, c in checkpoints if c.is_file()]
     if not checkpoints or "val" not in source.splits or not source.has_masks("val"):
         return False

@@ -1,6 +1,9 @@
-"""Where a stage's outputs go under ``--run_dir``, and the validation schedule every ``fit`` is held to.
+"""A run folder's layout, the one place that knows it: where each stage's results go under ``--run_dir``.
 
-Read by the stage CLI before any class is instantiated, so one flag (``--run_dir``) places a whole stage.
+Read by the stage CLI (:func:`fill_run_layout`: unset output paths of a stage and of the callbacks, which declare
+which of their arguments take which path in ``run_paths``), by the pipeline (the paths it passes from one stage to
+the next) and by the stage graph (what a finished stage must have left). Also the validation schedule every ``fit``
+is held to.
 """
 
 from __future__ import annotations
@@ -8,6 +11,41 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+#: paths under the run folder; ``{stage}`` is the stage folder's name (``classifier``, ``cgnet``, ...)
+STAGE_DIR = "{stage}"
+CHECKPOINT = "{stage}/last.ckpt"
+CAM_DIR = "cams/{stage}"
+SEED_DIR = "seeds"
+PSEUDO_DIR = "pseudo"
+SUMMARY = "summary.json"
+
+#: what a callback declares as ``run_paths``: init argument -> (layout path, stage or None for the running stage)
+RunPaths = dict[str, tuple[str, "str | None"]]
+
+
+def layout_path(template: str, stage: str = "") -> str:
+    """A layout path relative to the run folder, e.g. ``layout_path(CHECKPOINT, "cgnet")`` -> ``cgnet/last.ckpt``."""
+    return template.format(stage=stage)
+
+
+def _declared_run_paths(class_path: str | None) -> RunPaths:
+    """The ``run_paths`` a callback class declares (inherited by subclasses); Lightning's ``ModelCheckpoint``
+    writes to the stage folder."""
+    if not class_path:
+        return {}
+    import importlib
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}  # the parser reports an unknown class itself
+    if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
+        return {"dirpath": (STAGE_DIR, None)}
+    return dict(getattr(cls, "run_paths", {}) or {})
 
 
 def pipeline_context() -> dict:
@@ -26,26 +64,12 @@ def fill_run_layout(config: Any, stage: str) -> None:
     ``<run_dir>/seeds``, pseudo labels in ``<run_dir>/pseudo``, the summary in ``<run_dir>/summary.json``, W&B
     runs grouped by the run name; a CGNet's default OC is the run's classifier."""
     run_dir = Path(config.run_dir)
-    stage_dir = run_dir / stage
     if config.trainer.get("default_root_dir") in (None, "."):
-        config.trainer.default_root_dir = str(stage_dir)
-    defaults = {
-        "lightning.pytorch.callbacks.ModelCheckpoint": {"dirpath": stage_dir},
-        "caef.callbacks.CAMScore": {"summary_file": run_dir / "summary.json"},
-        "caef.callbacks.CAMWriter": {"output_dir": run_dir / "cams" / stage},
-        "caef.callbacks.PseudoLabelWriter": {"cam_dir": run_dir / "cams" / "cgnet", "output_dir": run_dir / "pseudo"},
-        "caef.stages.deeplab.SegmentationScore": {"summary_file": run_dir / "summary.json"},
-        "caef.callbacks.PseudoLabelScore": {
-            "pseudo_dir": run_dir / "pseudo",
-            "cam_dir": run_dir / "cams" / "cgnet",
-            "seed_dir": run_dir / "seeds",
-            "summary_file": run_dir / "summary.json",
-        },
-    }
+        config.trainer.default_root_dir = str(run_dir / layout_path(STAGE_DIR, stage))
     for callback in config.trainer.get("callbacks") or []:
-        for key, value in defaults.get(getattr(callback, "class_path", None), {}).items():
+        for key, (template, owner) in _declared_run_paths(getattr(callback, "class_path", None)).items():
             if callback.init_args.get(key) is None:
-                callback.init_args[key] = str(value)
+                callback.init_args[key] = str(run_dir / layout_path(template, owner or stage))
     logger = config.trainer.get("logger")
     for lg in logger if isinstance(logger, list) else [logger]:
         if getattr(lg, "class_path", "").endswith("WandbLogger"):
@@ -61,10 +85,10 @@ def fill_run_layout(config: Any, stage: str) -> None:
                     t for t in context["tags"] if t not in (args.get("tags") or [])
                 ]
     if "seed_dir" in config.data and not config.data.seed_dir:
-        config.data.seed_dir = str(run_dir / "seeds")
+        config.data.seed_dir = str(run_dir / layout_path(SEED_DIR))
     model = config.model.get("init_args", config.model)  # subclass mode: class_path + init_args
     if "ordinary_classifier" in model and not model.ordinary_classifier:
-        model.ordinary_classifier = str(run_dir / "classifier" / "last.ckpt")
+        model.ordinary_classifier = str(run_dir / layout_path(CHECKPOINT, "classifier"))
 
 
 def validate_last_epoch(trainer: Any) -> str | None:

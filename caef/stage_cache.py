@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from caef.io import update_json
+from caef.run_layout import SUMMARY
 from caef.stage_graph import STAGES
 
 #: lists what is missing or unreadable among a stage's products under a run folder (empty: verified)
@@ -74,5 +75,5 @@ class StageCache:
             spec.clear_outputs(run_dir)
             return None
         if entry.get("summary"):
-            update_json(run_dir / "summary.json", entry["summary"])
+            update_json(run_dir / SUMMARY, entry["summary"])
         return entry | {"cached_from": str(other), "seconds": 0.0}

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caef.run_layout import CAM_DIR, CHECKPOINT, PSEUDO_DIR, SEED_DIR, layout_path
+
 LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
 
 
@@ -45,6 +47,9 @@ class StageSpec:
     checkpoint: str | None = None  # train stages: <run_dir>/<checkpoint> to resume from
     help: str = ""
     products: tuple[Product, ...] = field(default_factory=tuple)  # what "done" means: checked by verify_products
+    #: the upstream results it reads, as ``(flag, layout path, stage)``: the pipeline passes
+    #: ``<flag>=<run_dir>/<path>`` (e.g. the CGNet checkpoint to ``caef cgnet predict``)
+    inputs: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def trains(self) -> bool:
@@ -102,26 +107,34 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
-_CAMS = Product("cams/cgnet/{id}.npz", "data.predict_split")
+def _ckpt(stage: str) -> str:
+    return layout_path(CHECKPOINT, stage)
+
+
+_CGNET_CAMS = layout_path(CAM_DIR, "cgnet")
+_CAMS = Product(f"{_CGNET_CAMS}/{{id}}.npz", "data.predict_split")
+_SEEDS = tuple(Product(f"{SEED_DIR}/{kind}/{{id}}.png", "split") for kind in ("low", "high"))
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
-        StageSpec("classifier", ("classifier", "fit"), (), ("classifier/last.ckpt",), "classifier/last.ckpt",
-                  "ordinary classifier", (Product("classifier/last.ckpt"),)),
-        StageSpec("cgnet", ("cgnet", "fit"), ("classifier",), ("cgnet/last.ckpt",), "cgnet/last.ckpt",
-                  "CGNet (adversarial erasing against the frozen classifier)", (Product("cgnet/last.ckpt"),)),
-        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), ("cams/cgnet",), None, "CGNet CAM export", (_CAMS,)),
-        StageSpec("crf", ("crf",), ("cams",), ("seeds/low", "seeds/high"), None, "dense-CRF seeds",
-                  (Product("seeds/low/{id}.png", "split"), Product("seeds/high/{id}.png", "split"))),
-        StageSpec("affinity", ("affinity", "fit"), ("cgnet", "crf"), ("affinity/last.ckpt",), "affinity/last.ckpt",
-                  "AffinityNet", (Product("affinity/last.ckpt"),)),
-        StageSpec("pseudo", ("affinity", "predict"), ("affinity", "cams", "crf"), ("pseudo",), None,
-                  "random walk -> pseudo labels (scored)", (Product("pseudo/{id}.png", "data.predict_split"),)),
-        StageSpec("deeplab", ("deeplab", "fit"), ("pseudo",), ("deeplab/last.ckpt",), "deeplab/last.ckpt",
-                  "DeepLab on pseudo labels", (Product("deeplab/last.ckpt"),)),
-        StageSpec("fully_supervised", ("deeplab", "fit"), (), ("fully_supervised/last.ckpt",),
-                  "fully_supervised/last.ckpt", "DeepLab on ground truth (upper bound)",
-                  (Product("fully_supervised/last.ckpt"),)),
+        StageSpec("classifier", ("classifier", "fit"), (), (_ckpt("classifier"),), _ckpt("classifier"),
+                  "ordinary classifier", (Product(_ckpt("classifier")),)),
+        StageSpec("cgnet", ("cgnet", "fit"), ("classifier",), (_ckpt("cgnet"),), _ckpt("cgnet"),
+                  "CGNet (adversarial erasing against the frozen classifier)", (Product(_ckpt("cgnet")),)),
+        StageSpec("cams", ("cgnet", "predict"), ("cgnet",), (_CGNET_CAMS,), None, "CGNet CAM export", (_CAMS,),
+                  (("--ckpt_path", CHECKPOINT, "cgnet"),)),
+        StageSpec("crf", ("crf",), ("cams",), (f"{SEED_DIR}/low", f"{SEED_DIR}/high"), None, "dense-CRF seeds",
+                  _SEEDS, (("--cam-dir", CAM_DIR, "cgnet"), ("--out-dir", SEED_DIR, ""))),
+        StageSpec("affinity", ("affinity", "fit"), ("cgnet", "crf"), (_ckpt("affinity"),), _ckpt("affinity"),
+                  "AffinityNet", (Product(_ckpt("affinity")),)),
+        StageSpec("pseudo", ("affinity", "predict"), ("affinity", "cams", "crf"), (PSEUDO_DIR,), None,
+                  "random walk -> pseudo labels (scored)", (Product(f"{PSEUDO_DIR}/{{id}}.png", "data.predict_split"),),
+                  (("--ckpt_path", CHECKPOINT, "affinity"),)),
+        StageSpec("deeplab", ("deeplab", "fit"), ("pseudo",), (_ckpt("deeplab"),), _ckpt("deeplab"),
+                  "DeepLab on pseudo labels", (Product(_ckpt("deeplab")),), (("--data.label_dir", PSEUDO_DIR, ""),)),
+        StageSpec("fully_supervised", ("deeplab", "fit"), (), (_ckpt("fully_supervised"),),
+                  _ckpt("fully_supervised"), "DeepLab on ground truth (upper bound)",
+                  (Product(_ckpt("fully_supervised")),)),
     )
 }  # fmt: skip
 ORDER = tuple(STAGES)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +24,7 @@ from torchmetrics.classification import MultilabelAveragePrecision
 
 from caef.io import update_json
 from caef.metrics import ThresholdSweepConfusion, default_thresholds
+from caef.run_layout import SUMMARY, RunPaths
 
 
 class CAMScore(pl.Callback):
@@ -33,6 +34,9 @@ class CAMScore(pl.Callback):
     summary_file: JSON file to merge the result into (e.g. ``runs/demo/summary.json``); None to skip.
     summary_key: key stem in the summary (``oc`` -> ``oc_cam_miou``).
     """
+
+    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
+    run_paths: ClassVar[RunPaths] = {"summary_file": (SUMMARY, None)}
 
     def __init__(
         self,

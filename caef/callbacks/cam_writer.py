@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from caef.cam_files import save_cams
 from caef.errors import CaefError, check_writable_dir
+from caef.run_layout import CAM_DIR, RunPaths
 
 
 class CAMWriter(BasePredictionWriter):
@@ -22,6 +23,9 @@ class CAMWriter(BasePredictionWriter):
     output_dir: directory of the CAM files (one per image: the present classes' maps and their class ids);
         the CLI defaults it to ``<run_dir>/cams/<stage>``.
     """
+
+    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
+    run_paths: ClassVar[RunPaths] = {"output_dir": (CAM_DIR, None)}
 
     def __init__(self, output_dir: str | None = None):
         super().__init__(write_interval="batch")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
@@ -19,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from caef.cam_files import load_cams
 from caef.data.source import IGNORE_INDEX, read_mask
 from caef.io import update_json
+from caef.run_layout import CAM_DIR, PSEUDO_DIR, SEED_DIR, SUMMARY, RunPaths
 from caef.stages.label_scoring import LabelScores, format_scores, score_label_maps, threshold_cam_file
 
 
@@ -32,6 +34,14 @@ class PseudoLabelScore(pl.Callback):
     worst_images: rows of the W&B table of worst pseudo labels (0: none).
     limit: score only the first ``limit`` images of the split (quick checks).
     """
+
+    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
+    run_paths: ClassVar[RunPaths] = {
+        "pseudo_dir": (PSEUDO_DIR, None),
+        "cam_dir": (CAM_DIR, "cgnet"),
+        "seed_dir": (SEED_DIR, None),
+        "summary_file": (SUMMARY, None),
+    }
 
     def __init__(
         self,

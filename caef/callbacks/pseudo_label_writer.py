@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from caef.cam_files import load_cams
 from caef.data.source import write_mask
 from caef.errors import CaefError
+from caef.run_layout import CAM_DIR, PSEUDO_DIR, RunPaths
 from caef.stages.crf import CRFSeedConfig, dense_crf
 from caef.stages.random_walk import (
     DENSE_WALK_NODES,
@@ -46,6 +47,9 @@ class PseudoLabelWriter(BasePredictionWriter):
     dense_walk_nodes: largest stride-8 grid walked with PSA's dense matrix (bit for bit as PSA); larger grids take
         the sparse walk (the same product up to float rounding order).
     """
+
+    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
+    run_paths: ClassVar[RunPaths] = {"cam_dir": (CAM_DIR, "cgnet"), "output_dir": (PSEUDO_DIR, None)}
 
     def __init__(
         self,

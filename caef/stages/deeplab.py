@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,6 +27,7 @@ from caef.errors import CaefError
 from caef.io import update_json
 from caef.metrics import iou_from_confusion, mean_iou
 from caef.models.deeplab import DeepLab, Variant, build_deeplab, multiscale_probs, segmentation_loss
+from caef.run_layout import SUMMARY, RunPaths
 from caef.stages.crf import dense_crf
 from caef.stages.optimization import configure_reference_optimizer
 
@@ -244,6 +245,9 @@ class SegmentationScore(pl.Callback):
     Writes ``<key>_miou`` (percent, 2 decimals), ``<key>_iou`` ({class: IoU or None}) and ``<key>_label_source``.
     ``summary_key`` None: ``deeplab_val`` for pseudo labels, ``fully_supervised_val`` for ground truth.
     """
+
+    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
+    run_paths: ClassVar[RunPaths] = {"summary_file": (SUMMARY, None)}
 
     def __init__(self, summary_file: str | None = None, summary_key: str | None = None):
         self.summary_file, self.summary_key = summary_file, summary_key
