@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ class RunLock:
                 raise CaefError(self._busy_message(holder)) from None
         previous = read_holder(self.path)
         stage = previous.get("stage_pgid")
-        if stage and previous.get("host") == socket.gethostname() and _group_alive(stage):
+        if stage and previous.get("host") == socket.gethostname() and _group_lingers(stage):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise CaefError(
@@ -150,6 +151,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _group_lingers(pgid: int, wait_s: float = 10.0) -> bool:
+    """Whether the process group of a dead pipeline's stage still runs after ``wait_s``: the stage is killed with
+    its pipeline (``PR_SET_PDEATHSIG``), but it and its workers take a moment to go."""
+    deadline = time.monotonic() + wait_s
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _group_alive(pgid: int) -> bool:

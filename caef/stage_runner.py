@@ -57,7 +57,7 @@ def stop_signals(install: bool = True) -> Iterator[None]:
 def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = None) -> int:
     """Run ``cmd`` in a new process group and wait; on :class:`Interrupted` (or any error) stop the whole group
     first, then re-raise. ``lock`` (a :class:`~caef.run_lock.RunLock`) records the group while it runs."""
-    process = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+    process = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, preexec_fn=_die_with(os.getpid()))
     with _LIVE_LOCK:
         _LIVE.add(process)
     if lock is not None:
@@ -81,6 +81,34 @@ def stop_all() -> None:
         live = [p for p in _LIVE if p.poll() is None]
     for process in live:
         stop_group(process)
+
+
+def _prctl() -> Any:
+    """libc's ``prctl`` (Linux), resolved in the parent: the child must not import between fork and exec."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Any:
+    """A ``preexec_fn``: the stage gets SIGKILL when the pipeline process dies, even of SIGKILL, so a killed pipeline
+    leaves no stage (in its own session, out of reach of a signal to the pipeline's group) writing into the run
+    folder. Without ``prctl`` (not Linux) it does nothing, and the run lock names the stage still running."""
+
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            if os.getppid() != parent:  # the pipeline died before the death signal was armed
+                os._exit(1)
+
+    return preexec
 
 
 def stop_group(process: subprocess.Popen, grace_s: float | None = None) -> None:

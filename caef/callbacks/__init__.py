@@ -8,6 +8,7 @@ from caef.callbacks.finite_loss import FiniteLossGuard
 from caef.callbacks.pseudo_label_score import PseudoLabelScore
 from caef.callbacks.pseudo_label_writer import PseudoLabelWriter
 from caef.callbacks.rng_state import RNGStateCheckpoint
+from caef.callbacks.segmentation_score import SegmentationScore
 from caef.callbacks.segmentation_writer import SegmentationWriter
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "PseudoLabelScore",
     "PseudoLabelWriter",
     "RNGStateCheckpoint",
+    "SegmentationScore",
     "SegmentationWriter",
     "install_atomic_checkpoints",
 ]

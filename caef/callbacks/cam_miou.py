@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.classification import MultilabelAveragePrecision
 
+from caef.data.datamodule import trainer_class_names
 from caef.io import update_json
 from caef.metrics import ThresholdSweepConfusion, default_thresholds
 from caef.run_layout import SUMMARY, RunPaths
@@ -92,7 +93,7 @@ class CAMScore(pl.Callback):
         ap = self._class_ap(trainer)
         if torch.isnan(result["best_miou"]):
             return  # nothing scored on any rank
-        names = _class_names(trainer, self.metric.num_classes)
+        names = trainer_class_names(trainer, self.metric.num_classes)
         best_miou, best_threshold = float(result["best_miou"]), float(result["best_threshold"])
         iou = result["iou"][int(result["best_index"])]
         metrics = {f"{prefix}/cam_miou": best_miou, f"{prefix}/cam_threshold": best_threshold}
@@ -143,12 +144,6 @@ class CAMScore(pl.Callback):
             entries[f"{key}_cls_map"] = round(result["cls_map"] * 100, 2)
             entries[f"{key}_cls_ap"] = result["cls_ap"]
         update_json(self.summary_file, entries)
-
-
-def _class_names(trainer: pl.Trainer, num_classes: int) -> list[str]:
-    datamodule = getattr(trainer, "datamodule", None)
-    names = list(getattr(datamodule, "class_names", []) or [])
-    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
 
 
 def _logged(stem: str, names: Sequence[str], values: torch.Tensor) -> dict[str, float]:

@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib import colormaps
 
-from caef.callbacks.cam_miou import CAMScore, _class_names
+from caef.callbacks.cam_miou import CAMScore
+from caef.data.datamodule import trainer_class_names
 from caef.data.source import IGNORE_INDEX
 from caef.data.transforms import denormalize
 
@@ -61,7 +62,7 @@ class CAMVisualization(pl.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if trainer.sanity_checking or not trainer.is_global_zero or not self._samples or not loggers:
             return
-        names = _class_names(trainer, pl_module.hparams.num_classes)
+        names = trainer_class_names(trainer, pl_module.hparams.num_classes)
         class_labels = {i: name for i, name in enumerate(names)} | {IGNORE_INDEX: "ignore"}
         threshold = self._threshold(trainer)
         images, captions, masks = [], [], []

@@ -159,7 +159,7 @@ def psa_affinity_net(ctx: Context, tmp: Path, load: Callable[[str], Any]) -> tup
 
 
 def affinity_net(ctx: Context) -> list[Result]:
-    from caef.stages.affinity_labels import pairwise_affinity
+    from caef.data.affinity_labels import pairwise_affinity
 
     x = torch.randn(1, 3, 64, 72, generator=torch.Generator().manual_seed(ctx.seed))
     with repo_modules(ctx.psa) as load, scratch() as tmp, torch.no_grad():
@@ -234,7 +234,7 @@ def multiscale_cams(ctx: Context) -> list[Result]:
 
 # -- affinity labels ----------------------------------------------------------------------------------------
 def affinity_labels(ctx: Context) -> list[Result]:
-    from caef.stages.affinity_labels import extract_affinity_labels
+    from caef.data.affinity_labels import extract_affinity_labels
 
     rng = np.random.default_rng(ctx.seed)
     label = rng.choice(np.array([0, 0, 1, 2, 3, 255], np.uint8), size=(24, 24))

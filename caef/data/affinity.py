@@ -5,9 +5,9 @@ Image and both maps are augmented together by one albumentations pipeline (the m
 mask: same crop and flip, crop padding 255). The defaults are PSA's ``train_aff.py`` recipe: no resize, colour jitter
 (0.3, 0.3, 0.3, 0.1), a joint random 448 crop padded with black pixels, a joint horizontal flip. Each map is then
 sampled on the stride-8 grid of the crop and they are combined by PSA's rule
-(:func:`caef.stages.affinity_labels.seed_label_map`): foreground from ``low``, background from ``high``, everything
+(:func:`caef.data.affinity_labels.seed_label_map`): foreground from ``low``, background from ``high``, everything
 else 255. PSA averages the CRF *scores* over each 8x8 cell instead; caef keeps hard labels
-(see :func:`caef.stages.affinity_labels.downsample_labels`).
+(see :func:`caef.data.affinity_labels.downsample_labels`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from caef.data.affinity_labels import downsample_labels, seed_label_map
 from caef.data.datamodule import DatasetName, WSSSDataModule
 from caef.data.datasets import Sample
 from caef.data.source import SegmentationSource, check_same_size, read_mask
 from caef.data.synthetic import SynthConfig
 from caef.data.transforms import AugmentationConfig, train_transform
 from caef.errors import DataError
-from caef.stages.affinity_labels import downsample_labels, seed_label_map
 
 SEED_KINDS = ("low", "high")
 

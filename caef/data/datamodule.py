@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import lightning.pytorch as pl
@@ -246,3 +246,10 @@ class SegmentationDataModule(WSSSDataModule):
 
     def predict_dataloader(self) -> DataLoader:  # segmentation needs no image-level labels (test has none)
         return self._inference_loader(self.predict_split, with_labels=False)
+
+
+def trainer_class_names(trainer: Any, num_classes: int) -> list[str]:
+    """The class names of the trainer's datamodule (``class_0``... when it has none, or not ``num_classes``)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    names = list(getattr(datamodule, "class_names", []) or [])
+    return names if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]

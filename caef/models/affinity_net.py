@@ -2,7 +2,7 @@
 
 Three feature maps of the trunk at output stride 8 are each reduced by a 1x1 conv (64, 128 and 256 channels) + ELU,
 concatenated (448) and mixed by a 1x1 conv 448 -> 448 + ELU (``f9``). The affinity of two grid cells ``i, j`` is
-``exp(-mean_c |f_i - f_j|)`` (see :func:`caef.stages.affinity_labels.pairwise_affinity`); the random walk
+``exp(-mean_c |f_i - f_j|)`` (see :func:`caef.data.affinity_labels.pairwise_affinity`); the random walk
 (:mod:`caef.stages.random_walk`) propagates CAMs over it. Head layers keep PSA's names (``f8_3``, ``f8_4``,
 ``f8_5``, ``f9``) and, like PSA's, have no bias.
 """
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from caef.data.affinity_labels import pairwise_affinity
 from caef.errors import CaefError
 from caef.models.backbones import Backbone, build_backbone
-from caef.stages.affinity_labels import pairwise_affinity
 
 #: output channels of the three reduction convs (PSA's f8_3, f8_4, f8_5); f9 maps their 448 channels to 448
 HEAD_CHANNELS = (64, 128, 256)
@@ -94,7 +94,7 @@ class AffinityNet(nn.Module):
         return F.elu(self.f9(torch.cat(reduced, dim=1)))
 
     def affinities(self, x: Tensor, radius: int = 5) -> Tensor:
-        """(B, P, h', w') affinities of the radius pairs (layout of :mod:`caef.stages.affinity_labels`)."""
+        """(B, P, h', w') affinities of the radius pairs (layout of :mod:`caef.data.affinity_labels`)."""
         return pairwise_affinity(self(x), radius)
 
     # -- initialisation from a CAM network -----------------------------------------------------------------

@@ -10,7 +10,7 @@ unsure cell (255) are ignored. With ``a = exp(-mean_c |f_i - f_j|)``:
 
     loss = bg/4 + fg/4 + neg/2,   bg = mean -log(a) over bg pairs, fg likewise, neg = mean -log(1 - a)
 
-Each mean runs over all pairs of its kind in the batch (:func:`caef.stages.affinity_labels.affinity_loss`).
+Each mean runs over all pairs of its kind in the batch (:func:`caef.data.affinity_labels.affinity_loss`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from caef.data.affinity_labels import affinity_loss, extract_affinity_labels, pairwise_affinity
 from caef.errors import CaefError
 from caef.models.affinity_net import FEATURE_STRIDE, AffinityNet, build_affinity_net
-from caef.stages.affinity_labels import affinity_loss, extract_affinity_labels, pairwise_affinity
 from caef.stages.optimization import configure_reference_optimizer
 
 

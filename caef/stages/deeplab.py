@@ -3,31 +3,28 @@
 Training: per-pixel cross-entropy at the input size, 255 ignored. Evaluation: whole images, softmax averaged
 over ``eval_scales`` (and horizontal flips), optionally refined by a dense CRF, scored by a dataset-level
 confusion matrix: ``val/miou`` is the mean IoU over classes present in the ground truth or the prediction (VOC
-convention). :class:`SegmentationScore` merges the result into a run's ``summary.json``.
+convention). :class:`caef.callbacks.SegmentationScore` merges the result into a run's ``summary.json``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from caef.callbacks.cam_miou import _class_names
+from caef.data.datamodule import trainer_class_names
 from caef.data.source import IGNORE_INDEX
 from caef.data.transforms import denormalize
 from caef.errors import CaefError
-from caef.io import update_json
 from caef.metrics import iou_from_confusion, mean_iou
 from caef.models.deeplab import DeepLab, Variant, build_deeplab, multiscale_probs, segmentation_loss
-from caef.run_layout import SUMMARY, RunPaths
 from caef.stages.crf import dense_crf
 from caef.stages.optimization import configure_reference_optimizer
 
@@ -183,7 +180,7 @@ class DeepLabModule(pl.LightningModule):
             self._samples = []
             return
         scores = self.compute_scores()
-        names = _class_names(self.trainer, self.hparams.num_classes)
+        names = trainer_class_names(self.trainer, self.hparams.num_classes)
         if scores is not None:
             iou = scores["iou"]
             metrics = {f"{prefix}/miou": scores["miou"]}
@@ -237,37 +234,3 @@ class DeepLabModule(pl.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_reference_optimizer(self, self.net.backbone, self.net.head.parameters())
-
-
-class SegmentationScore(pl.Callback):
-    """Merge the latest DeepLab evaluation into a run's summary JSON (rank 0), after validation and test.
-
-    Writes ``<key>_miou`` (percent, 2 decimals), ``<key>_iou`` ({class: IoU or None}) and ``<key>_label_source``.
-    ``summary_key`` None: ``deeplab_val`` for pseudo labels, ``fully_supervised_val`` for ground truth.
-    """
-
-    #: where it reads and writes under the run folder when those arguments are unset (caef.run_layout)
-    run_paths: ClassVar[RunPaths] = {"summary_file": (SUMMARY, None)}
-
-    def __init__(self, summary_file: str | None = None, summary_key: str | None = None):
-        self.summary_file, self.summary_key = summary_file, summary_key
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._write(pl_module)
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(pl_module)
-
-    @rank_zero_only
-    def _write(self, pl_module: pl.LightningModule) -> None:
-        result = getattr(pl_module, "last_result", None)
-        if self.summary_file is None or result is None:
-            return
-        source = pl_module.hparams.label_source
-        source = source if source in LABEL_SOURCES else "pseudo"
-        key = self.summary_key or ("deeplab_val" if source == "pseudo" else "fully_supervised_val")
-        update_json(
-            self.summary_file,
-            {f"{key}_miou": round(result["miou"] * 100, 2), f"{key}_iou": result["iou"], f"{key}_label_source": source},
-        )

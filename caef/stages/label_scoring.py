@@ -39,7 +39,7 @@ def threshold_cam_file(cams: np.ndarray, classes: np.ndarray, threshold: float) 
 
 
 def seed_map(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """PSA's seed rule as in :func:`caef.stages.affinity_labels.seed_label_map`, on numpy label maps."""
+    """PSA's seed rule as in :func:`caef.data.affinity_labels.seed_label_map`, on numpy label maps."""
     label = np.where(low == 0, IGNORE_INDEX, low)
     label = np.where(high == 0, 0, label)
     return np.where((low == IGNORE_INDEX) | (high == IGNORE_INDEX), IGNORE_INDEX, label).astype(np.uint8)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from caef.data.affinity_labels import pair_offsets, shifted_pairs
 from caef.errors import CaefError
-from caef.stages.affinity_labels import pair_offsets, shifted_pairs
 
 #: largest grid (nodes, ``ceil(H/8) * ceil(W/8)``) walked with PSA's dense matrix: 1 GiB per (N, N) float32 matrix
 DENSE_WALK_NODES = 16_384
@@ -47,7 +47,7 @@ def check_walk_size(image_id: str, height: int, width: int, max_pixels: int = MA
 def pair_indices(height: int, width: int, radius: int = 5, crop: bool = True, device=None) -> tuple[Tensor, Tensor]:
     """Flat ``(src, dst)`` indices of the forward pairs on an ``(h, w)`` grid.
 
-    ``crop=True`` is PSA's set and order (sources in the crop of :mod:`caef.stages.affinity_labels`); it leaves a few
+    ``crop=True`` is PSA's set and order (sources in the crop of :mod:`caef.data.affinity_labels`); it leaves a few
     border nodes without any pair (the first ``r-1`` nodes of the top row, the bottom corners), which then keep their
     own CAM. ``crop=False`` takes every pair within the radius whose ends are both on the grid.
     """

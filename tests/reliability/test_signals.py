@@ -74,3 +74,28 @@ def test_sigterm_stops_the_stage_group_and_the_rerun_resumes(tmp_path, tiny_synt
 
 def test_ctrl_c_is_one_line_too(tmp_path, tiny_synth):
     _interrupt(tmp_path, tiny_synth, signal.SIGINT)
+
+
+def test_sigkill_of_the_pipeline_leaves_no_stage_running(tmp_path):
+    """SIGKILL cannot be caught: the stage, in its own session (out of reach of a signal to the pipeline's group),
+    dies with the pipeline instead of writing on into the run folder as an orphan."""
+    pid_file = tmp_path / "stage.pid"
+    stage_script = tmp_path / "stage.py"
+    stage_script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    parent = (
+        "import sys; from caef.stage_runner import run_stage_process; "
+        f"run_stage_process([sys.executable, {str(stage_script)!r}], {{}})"
+    )
+    pipeline = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert time.monotonic() < deadline and pipeline.poll() is None, "the stage did not start"
+        time.sleep(0.05)
+    stage = int(pid_file.read_text())
+    assert _alive(stage)
+    pipeline.kill()
+    pipeline.wait()
+    deadline = time.monotonic() + 10
+    while _alive(stage) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(stage), "the stage outlived its killed pipeline"

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from caef.cli import main
+from caef.data.affinity_labels import pair_offsets
 from caef.data.source import write_mask
 from caef.errors import CaefError
 from caef.models.affinity_net import AffinityNet, affinity_depths, build_affinity_net
 from caef.models.backbones import build_backbone
 from caef.stage_cli import stage_cli
 from caef.stages.affinity import AffinityNetModule
-from caef.stages.affinity_labels import pair_offsets
 from caef.stages.classifier import ClassifierModule
 
 # training_step is called without a Trainer in some tests: its self.log calls only warn

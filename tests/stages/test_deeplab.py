@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
+from caef.callbacks import SegmentationScore
 from caef.data.datamodule import SegmentationDataModule
 from caef.data.synthetic import SynthConfig, generate
 from caef.errors import CaefError
 from caef.models.deeplab import build_deeplab, multiscale_probs, pick_low_level_stage, segmentation_loss
 from caef.stage_cli import stage_cli
-from caef.stages.deeplab import DeepLabModule, SegmentationScore
+from caef.stages.deeplab import DeepLabModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SMALL = {"resnet18": {}, "resnet38": {"width": 0.0625}}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from caef.stages.affinity_labels import pair_offsets, pairwise_affinity
+from caef.data.affinity_labels import pair_offsets, pairwise_affinity
 from caef.stages.random_walk import (
     dense_affinity,
     pair_indices,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from caef.stages.affinity_labels import (
+from caef.data.affinity_labels import (
     affinity_loss,
     cropped_size,
     downsample_labels,
