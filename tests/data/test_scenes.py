@@ -189,6 +189,38 @@ def test_labels_beyond_the_class_names_are_an_error(tmp_path):
     assert ScenesConfig().names()[0] == "tshirt_top" and len(ScenesConfig().names()) == 10
 
 
+def test_object_range_keeps_two_trees_objects_apart(tmp_path):
+    """A pretraining tree and a scene tree drawn from disjoint ranges of the training set share no object; the
+    range is recorded, and one outside the set fails before anything is written."""
+    source = write_source(tmp_path / "src")
+    generate_scenes(tmp_path / "low", tiny(objects_to=15), source, progress=False)
+    generate_scenes(tmp_path / "high", tiny(objects_from=15, max_objects=1), source, progress=False)
+
+    def train_objects(name):
+        meta = json.loads((tmp_path / name / "caef_meta/objects.json").read_text())
+        return {o["source_index"] for m in meta.values() if m["split"] == "train_aug" for o in m["objects"]}
+
+    low, high = train_objects("low"), train_objects("high")
+    assert low and high and max(low) < 15 <= min(high) and max(high) < 30
+    manifest = json.loads((tmp_path / "high" / "caef_scenes.json").read_text())
+    assert manifest["source"]["train_aug_object_range"] == [15, 30]
+    with pytest.raises(DataError, match=r"objects 20\.\.40 are outside the 'train' IDX set of 30 objects"):
+        generate_scenes(tmp_path / "bad", tiny(objects_from=20, objects_to=40), source, progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(DataError, match="objects_from < objects_to"):
+        tiny(objects_from=5, objects_to=5).validate()
+
+
+def test_plain_background_is_one_colour_under_the_noise(tmp_path):
+    sets = read_object_sets(write_source(tmp_path / "src"))
+    for background, flat in (("plain", True), ("textured", False)):
+        rgb, label, _ = render(tiny(background=background, noise=0.0), 3, sets["train"])
+        spread = rgb[label == 0].astype(int).std(axis=0).max()
+        assert (spread < 1.0) == flat, (background, spread)
+    with pytest.raises(DataError, match="background must be one of textured, plain"):
+        tiny(background="stripes").validate()
+
+
 @pytest.mark.parametrize("stage", ["classifier", "affinity", "deeplab"])
 def test_fashion_stage_configs_read_a_scene_tree(stage, tmp_path):
     """The fashion configs read a scene tree as VOC (classes from its classes.txt); the CGNet's is covered with the

@@ -22,6 +22,7 @@ CLASS_PRESETS = {
     "mnist": tuple(f"digit_{d}" for d in range(10)),
     "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 }
+BACKGROUNDS = ("textured", "plain")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -41,9 +42,15 @@ class ScenesConfig:
     score_fraction: float = 0.3  # fraction of train_aug also listed in `train` (the CAM scoring split)
     jpeg_quality: int = 90
     class_names: str = "fashion-mnist"  # a preset (fashion-mnist, mnist, kmnist) or a comma-separated list
+    background: str = "textured"  # "textured" (smooth noise + stripes/checks/blotches) or "plain" (flat colour)
+    objects_from: int = 0  # train_aug draws its objects from [objects_from, objects_to) of the training IDX set,
+    objects_to: int = 0  # 0 = its end: disjoint ranges keep two trees' objects apart (pretraining vs scenes)
 
     def validate(self) -> ScenesConfig:
-        ints = {"num_images": 2, "size": 32, "seed": 0, "max_objects": 1, "min_scale": 8, "jpeg_quality": 1}
+        ints = {
+            "num_images": 2, "size": 32, "seed": 0, "max_objects": 1, "min_scale": 8, "jpeg_quality": 1,
+            "objects_from": 0, "objects_to": 0,
+        }  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -57,6 +64,13 @@ class ScenesConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise DataError(f"ScenesConfig.{name} must be a number in [0, 1], got {value!r}")
+        if self.background not in BACKGROUNDS:
+            raise DataError(f"ScenesConfig.background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if self.objects_to and self.objects_to <= self.objects_from:
+            raise DataError(
+                f"ScenesConfig needs objects_from < objects_to (or objects_to=0 for the end of the set), got "
+                f"{self.objects_from}, {self.objects_to}"
+            )
         n_val, n_train = split_sizes(self)
         if not 1 <= n_val < self.num_images or n_train < 1:
             raise DataError(

@@ -58,11 +58,23 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ObjectSet:
-    """Object images (N, h, w) uint8 and their class labels (N,) from one ``<prefix>`` pair of IDX files."""
+    """Object images (N, h, w) uint8 and their class labels (N,) from one ``<prefix>`` pair of IDX files (from
+    its ``offset``-th pair on, for a range of the set)."""
 
     prefix: str
     images: np.ndarray
     labels: np.ndarray
+    offset: int = 0
+
+    def range(self, start: int, stop: int) -> ObjectSet:
+        """Objects ``start`` to ``stop`` (exclusive; 0 = the end) of this set, or a one-line error naming it."""
+        stop = stop or len(self.labels)
+        if not 0 <= start < stop <= len(self.labels):
+            raise DataError(
+                f"objects {start}..{stop} are outside the {self.prefix!r} IDX set of {len(self.labels)} objects; "
+                f"pass --objects-from/--objects-to within 0..{len(self.labels)}"
+            )
+        return ObjectSet(self.prefix, self.images[start:stop], self.labels[start:stop], self.offset + start)
 
 
 def _file(folder: Path, name: str) -> Path | None:

@@ -49,8 +49,10 @@ def _pattern(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(noise, -1.0, 1.0)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, kind: str = "textured") -> np.ndarray:
     img = _hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.3, 0.8)) + np.zeros((size, size, 3), np.float32)
+    if kind == "plain":
+        return img
     img += 0.10 * _noise(rng, size, size, 3) + 0.05 * _noise(rng, size, size, 12)
     tint = _hsv(rng.uniform(), rng.uniform(0.2, 0.7), rng.uniform(0.3, 0.9)) - img.mean(axis=(0, 1))
     img += rng.uniform(0.05, 0.2) * _pattern(rng, size, size)[..., None] * tint
@@ -86,7 +88,7 @@ def render(config: ScenesConfig, i: int, objects: ObjectSet) -> tuple[np.ndarray
     """Image ``i``: (RGB uint8 (S, S, 3), mask uint8 (S, S) with class ids 1..C in z-order, per-object metadata)."""
     rng = np.random.default_rng([config.seed, i])
     size = config.size
-    img = _background(rng, size)
+    img = _background(rng, size, config.background)
     label = np.zeros((size, size), np.uint8)
     placed: list[dict] = []
     visible: list[tuple[np.ndarray, int]] = []  # (visible mask, full area) of the objects so far
@@ -117,7 +119,7 @@ def render(config: ScenesConfig, i: int, objects: ObjectSet) -> tuple[np.ndarray
             {
                 "class": int(objects.labels[obj["index"]]) + 1,
                 "source": objects.prefix,
-                "source_index": obj["index"],
+                "source_index": objects.offset + obj["index"],
                 "side": obj["side"],
                 "bbox": _bbox(vis),
                 "visible": round(float(vis.sum()) / area, 4),

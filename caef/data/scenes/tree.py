@@ -55,6 +55,7 @@ def generate_scenes(
     source = Path(source) if source is not None else default_source()
     sets = read_object_sets(source)
     names = config.names()
+    pick_sets(sets)[0].range(config.objects_from, config.objects_to)  # a bad range fails before anything is written
     top = max(int(s.labels.max()) for s in sets.values())
     if top >= len(names):
         raise DataError(
@@ -71,6 +72,7 @@ def generate_scenes(
 def _write_tree(root: Path, config: ScenesConfig, sets: dict[str, ObjectSet], source: Path, progress: bool) -> None:
     names = config.names()
     train_objects, val_objects = pick_sets(sets)
+    train_objects = train_objects.range(config.objects_from, config.objects_to)
     ids = [f"scene_{i:06d}" for i in range(config.num_images)]
     n_val, n_train = split_sizes(config)
     split_rng = np.random.default_rng([config.seed, 2 * 10**6])
@@ -102,6 +104,7 @@ def _write_tree(root: Path, config: ScenesConfig, sets: dict[str, ObjectSet], so
                 "folder": str(source),
                 "sets": {p: len(s.labels) for p, s in sets.items()},
                 "train_aug_objects": train_objects.prefix,
+                "train_aug_object_range": [train_objects.offset, train_objects.offset + len(train_objects.labels)],
                 "val_objects": val_objects.prefix,
                 "digest": _digest(sets),
             },
