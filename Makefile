@@ -38,8 +38,12 @@ format: $(STAMP)  ## ruff format
 demo: $(STAMP)  ## the whole pipeline on the generated dataset (CPU, ~19 min): runs/$(RUN)/summary.json + report.md
 	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)
 
-fashion: $(STAMP)  ## the pipeline on scenes of Fashion-MNIST objects (CPU): writes data/fashion first; runs/fashion/
-	test -f data/fashion/caef_scenes.json || $(BIN)/caef data scenes --out data/fashion
+fashion: $(STAMP)  ## the pipeline on scenes of Fashion-MNIST objects (CPU): writes the trees, pretrains, runs/fashion/
+	test -f data/fashion/caef_scenes.json || $(BIN)/caef data scenes --out data/fashion --objects-to 50000
+	test -f data/fashion-objects/caef_scenes.json || $(BIN)/caef data scenes --out data/fashion-objects \
+	  --max-objects 1 --num-images 6000 --background plain --texture-contrast 0 --objects-from 50000 \
+	  --val-fraction 0.02 --score-fraction 0.05
+	$(BIN)/caef pipeline experiments/fashion_objects.yaml
 	$(BIN)/caef pipeline experiments/fashion.yaml $(ARGS)
 
 voc-full: $(STAMP)  ## the paper's VOC 2012 protocol, ResNet-38 (needs data/VOCdevkit + SBD, or VOC_ROOT=...)

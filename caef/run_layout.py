@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from caef.errors import CaefError
+
 #: paths under the run folder; ``{stage}`` is the stage folder's name (``classifier``, ``cgnet``, ...)
 STAGE_DIR = "{stage}"
 CHECKPOINT = "{stage}/last.ckpt"
@@ -92,16 +94,46 @@ def fill_run_layout(config: Any, stage: str) -> None:
 
 
 def validate_last_epoch(trainer: Any) -> str | None:
-    """Make the final epoch a validation epoch: the scores in ``summary.json`` must be those of the weights the
-    next stage uses. Lightning validates only when ``check_val_every_n_epoch`` divides the epoch number, so
-    ``--trainer.max_epochs=6`` under a config's ``check_val_every_n_epoch: 12`` would score nothing. Where it
-    does not divide ``max_epochs``, it becomes the largest divisor of ``max_epochs`` not above it (a sweep may
-    set ``max_epochs`` alone); returns the note saying so, or None when nothing changed."""
+    """Make the final step a validation step: the scores in ``summary.json`` must be those of the weights the
+    next stage uses. Returns the note saying what changed, or None.
+
+    Epochs (``check_val_every_n_epoch``): Lightning validates only when it divides the epoch number, so
+    ``--trainer.max_epochs=6`` under a config's ``check_val_every_n_epoch: 12`` would score nothing; where it does
+    not divide ``max_epochs`` it becomes the largest divisor of ``max_epochs`` not above it (a sweep may set
+    ``max_epochs`` alone). Steps (``check_val_every_n_epoch: null``, an integer ``val_check_interval``, the
+    DeepLab recipes): the interval likewise becomes a divisor of ``max_steps``; and where ``max_epochs`` is set
+    too (a quick ``--all.trainer.max_epochs=1``), training may stop at an epoch's end between two checks, so the run
+    is bounded by its epochs alone and validated after the last one."""
     every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
-    if not isinstance(every, int) or not isinstance(epochs, int) or every < 1 or epochs < 1 or epochs % every == 0:
+    interval, steps = trainer.get("val_check_interval"), trainer.get("max_steps")
+    if every is None and _positive_int(interval) and _positive_int(steps):
+        if _positive_int(epochs):
+            trainer.max_steps, trainer.check_val_every_n_epoch, trainer.val_check_interval = -1, epochs, 1.0
+            return (
+                f"trainer.max_epochs={epochs} with the step-based trainer.max_steps={steps}: training for "
+                f"{epochs} epoch(s) and validating after the last (not every {interval} steps)"
+            )
+        if steps % interval:
+            trainer.val_check_interval = max(d for d in range(1, min(interval, steps) + 1) if steps % d == 0)
+            return (
+                f"trainer.val_check_interval={interval} does not divide trainer.max_steps={steps}, so the last step "
+                f"would not be scored; using val_check_interval={trainer.val_check_interval}"
+            )
+        return None
+    if _positive_int(every) and _positive_int(interval) and interval > 1:
+        raise CaefError(
+            f"trainer.check_val_every_n_epoch={every} with trainer.val_check_interval={interval} (a step count) "
+            "validates inside epochs of at least that many batches only; set trainer.check_val_every_n_epoch=null "
+            "to validate every val_check_interval steps, or trainer.val_check_interval=1.0 to validate by epochs"
+        )
+    if not _positive_int(every) or not _positive_int(epochs) or epochs % every == 0:
         return None
     trainer.check_val_every_n_epoch = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
     return (
         f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}, so the last epoch "
         f"would not be scored; using check_val_every_n_epoch={trainer.check_val_every_n_epoch}"
     )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

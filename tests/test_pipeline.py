@@ -26,7 +26,6 @@ def tiny_flags(root: Path, config) -> list[str]:
         "--all.trainer.enable_progress_bar=false",
         "--classifier.data.score_limit=4", "--cgnet.data.score_limit=4",
         "--classifier.trainer.check_val_every_n_epoch=1", "--cgnet.trainer.check_val_every_n_epoch=1",
-        "--deeplab.trainer.check_val_every_n_epoch=1", "--fully_supervised.trainer.check_val_every_n_epoch=1",
         "--classifier.model.msf_scales=[1.0]", "--cgnet.model.msf_scales=[1.0]", "--cams.model.msf_scales=[1.0]",
         "--affinity.data.crop_size=72", "--affinity.model.radius=2", "--pseudo.model.radius=2",
     ]  # fmt: skip

@@ -221,19 +221,33 @@ def test_plain_background_is_one_colour_under_the_noise(tmp_path):
         tiny(background="stripes").validate()
 
 
-@pytest.mark.parametrize("stage", ["classifier", "affinity", "deeplab"])
-def test_fashion_stage_configs_read_a_scene_tree(stage, tmp_path):
+@pytest.mark.parametrize(
+    "config", ["classifier/fashion", "classifier/fashion_objects", "affinity/fashion", "deeplab/fashion"]
+)
+def test_fashion_stage_configs_read_a_scene_tree(config, tmp_path):
     """The fashion configs read a scene tree as VOC (classes from its classes.txt); the CGNet's is covered with the
-    other CAM-stage configs (tests/stages/test_stage_cli.py)."""
+    other CAM-stage configs (tests/stages/test_stage_cli.py). The scenes' classifier loads its trunk from the
+    single-object pretraining's checkpoint (a small-width caef trunk here)."""
+    import torch
+
+    from caef.models.cam_net import build_cam_net
     from caef.stage_cli import stage_cli
 
     generate_scenes(tmp_path / "tree", tiny(), write_source(tmp_path / "src"), progress=False)
+    stage = config.split("/")[0]
     args = [
         "--config",
-        f"experiments/{stage}/fashion.yaml",
+        f"experiments/{config}.yaml",
         f"--run_dir={tmp_path}",
         f"--data.root={tmp_path / 'tree'}",
     ]
     args += ["--trainer.logger=false", "--data.num_workers=0"]
+    if config == "classifier/fashion":
+        trunk = build_cam_net("resnet38", 11, width=0.0625)
+        torch.nn.init.constant_(trunk.backbone.conv1a.weight, 0.5)
+        torch.save({"state_dict": {f"net.{k}": v for k, v in trunk.state_dict().items()}}, tmp_path / "objects.ckpt")
+        args.append(f"--model.pretrained={tmp_path / 'objects.ckpt'}")
     cli = stage_cli(stage, args, run=False)
     assert cli.model.hparams.num_classes == 4 and cli.datamodule.class_names[1:] == tuple(NAMES.split(","))
+    if config == "classifier/fashion":
+        assert (cli.model.net.backbone.conv1a.weight == 0.5).all()

@@ -174,6 +174,40 @@ def test_validation_is_moved_onto_the_last_epoch(every, epochs, expected):
         assert f"check_val_every_n_epoch={every}" in note and f"max_epochs={epochs}" in note
 
 
+@pytest.mark.parametrize(
+    "interval, steps, epochs, expected",
+    [(100, 400, None, None), (100, 250, None, 50), (300, 400, None, 200), (100, 400, 1, "epochs")],
+)
+def test_step_based_runs_validate_their_last_step(interval, steps, epochs, expected):
+    """DeepLab's recipes count steps: the interval must divide max_steps, and a max_epochs override (which can end
+    training between two checks) turns the run into an epoch-bounded one validated after its last epoch."""
+    from jsonargparse import Namespace
+
+    from caef.run_layout import validate_last_epoch
+
+    trainer = Namespace(check_val_every_n_epoch=None, val_check_interval=interval, max_steps=steps, max_epochs=epochs)
+    note = validate_last_epoch(trainer)
+    if expected is None:
+        assert note is None and trainer.val_check_interval == interval and trainer.max_steps == steps
+    elif expected == "epochs":
+        assert (trainer.max_steps, trainer.check_val_every_n_epoch, trainer.val_check_interval) == (-1, epochs, 1.0)
+        assert f"max_epochs={epochs}" in note and f"max_steps={steps}" in note
+    else:
+        assert trainer.val_check_interval == expected and steps % expected == 0
+        assert f"val_check_interval={interval}" in note and f"max_steps={steps}" in note
+
+
+def test_epoch_validation_with_a_step_interval_is_a_one_line_error():
+    from jsonargparse import Namespace
+
+    from caef.errors import CaefError
+    from caef.run_layout import validate_last_epoch
+
+    trainer = Namespace(check_val_every_n_epoch=1, val_check_interval=100, max_steps=400, max_epochs=None)
+    with pytest.raises(CaefError, match=r"check_val_every_n_epoch=1 with trainer.val_check_interval=100 .*=null"):
+        validate_last_epoch(trainer)
+
+
 def test_fewer_epochs_than_the_validation_interval_still_scores_the_cams(tmp_path, tiny_synth, tiny_synth_config):
     """classifier/demo.yaml validates once, at its last epoch (18); a 2-epoch run must still score its final weights."""
     run_dir = tmp_path / "run"
