@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import CONFIGS, config_dict, cpu_count, device_name, peak_tflops, slugify  # noqa: E402
 
-BENCHMARKS = ("train", "msf", "crf", "rw")
+BENCHMARKS = ("train", "msf", "crf", "rw", "aff")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -162,6 +162,17 @@ def table_rows(results: dict[str, Any], errors: dict[str, str], env: dict[str, A
         ])  # fmt: skip
     elif "rw" in errors:
         rows.append(["(d) random walk", "error", "error", "", errors["rw"]])
+    if "aff" in results:
+        r = results["aff"]
+        rows.append([
+            "(g) AffinityNet loss step", _rate(r["caef"]["images_per_s"]), _rate(r["reference"]["images_per_s"]),
+            _ratio(r["speedup"]),
+            f"batch {r['batch']}, {r['grid'][1]}x{r['grid'][0]}x{r['channels']} features, radius {r['radius']}, "
+            f"forward + backward; reference: all pairs gathered first (PSA); "
+            f"max|grad diff| {r['max_abs_grad_diff']:.1e}",
+        ])  # fmt: skip
+    elif "aff" in errors:
+        rows.append(["(g) AffinityNet loss step", "error", "error", "", errors["aff"]])
     if "train" in results:
         r = results["train"]
         c, ref = r["caef"], r["reference"]
@@ -245,6 +256,7 @@ def run_benchmarks(
             after("train", results, errors, env)
     attempt("msf", lambda: inference.run(config, device, channels_last))
     attempt("rw", lambda: refinement.run_random_walk(config, device))
+    attempt("aff", lambda: refinement.run_affinity_loss(config, device))
     return results, errors, env
 
 

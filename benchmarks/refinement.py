@@ -1,4 +1,5 @@
-"""(c) Dense-CRF seeds and (d) the random walk, the two refinement steps between CAMs and pseudo labels.
+"""(c) Dense-CRF seeds and (d) the random walk, the two refinement steps between CAMs and pseudo labels, and (g)
+the AffinityNet's loss step that the random walk's affinities are trained with.
 
 (c) runs :func:`caef.stages.crf.run_crf_seeds` itself -- process pool, JPEG + CAM file in, two CRFs (low and high
 alpha, 10 mean-field iterations each) and two PNGs out per image -- on a temporary tree of synthetic images with 3-4
@@ -9,6 +10,11 @@ classes each, for 1, 2 and all cores. The reference computes CRFs serially in it
 feature map of one image at stride 8, against PSA's ``infer_aff``: the affinities go to the CPU, become a sparse
 matrix (pairs, identity, transposed pairs), ``.to_dense()``, back to the device, then ``A**beta``, column
 normalisation, ``logt`` squarings with ``torch.matmul``, ``cam @ T``, bilinear upsampling, argmax.
+
+(g) times the pairwise affinities ``exp(-mean_c |f_i - f_j|)`` of every radius-5 pair plus PSA's loss, forward and
+backward, on a batch of AffinityNet feature maps (crop / 8, 448 channels) against PSA's formulation: the source and
+destination features of all pairs gathered into two (B, C, P, h', w') tensors first (``index_select`` in PSA, the
+same copies here).
 """
 
 from __future__ import annotations
@@ -189,6 +195,45 @@ def run_random_walk(config: BenchConfig, device: torch.device) -> dict[str, Any]
     for name, fn in (("caef", caef_call), ("reference", reference_call)):
         times = time_calls(fn, device, 1, config.rw_repeats)
         out[name] = {"seconds": times, "seconds_median": median(times), "images_per_s": 1 / median(times)}
+    out["speedup"] = out["caef"]["images_per_s"] / out["reference"]["images_per_s"]
+    free_device_memory(device)
+    return out
+
+
+def run_affinity_loss(config: BenchConfig, device: torch.device) -> dict[str, Any]:
+    from caef.data.affinity_labels import affinity_loss, extract_affinity_labels, pairwise_affinity, shifted_pairs
+
+    free_device_memory(device)
+    grid = -(-config.crop // 8)
+    generator = torch.Generator().manual_seed(5)
+    features = torch.rand(config.batch, config.affinity_channels, grid, grid, generator=generator).to(device)
+    labels = torch.randint(0, 3, (config.batch, grid, grid), generator=generator).to(device)
+    targets = extract_affinity_labels(labels, 5)
+
+    def step(affinities) -> torch.Tensor:
+        leaf = features.clone().requires_grad_(True)
+        loss, _ = affinity_loss(affinities(leaf), *targets)
+        loss.backward()
+        return leaf.grad
+
+    def stacked(f: torch.Tensor) -> torch.Tensor:
+        src, dst = shifted_pairs(f, 5)
+        return torch.exp(-(dst - src).abs().mean(dim=1))
+
+    def caef_call() -> torch.Tensor:
+        return step(lambda f: pairwise_affinity(f, 5))
+
+    def reference_call() -> torch.Tensor:
+        return step(stacked)
+
+    grad_diff = float((caef_call() - reference_call()).abs().max())
+    out: dict[str, Any] = {
+        "batch": config.batch, "grid": [grid, grid], "channels": config.affinity_channels, "radius": 5,
+        "max_abs_grad_diff": grad_diff,
+    }  # fmt: skip
+    for name, fn in (("caef", caef_call), ("reference", reference_call)):
+        times = time_calls(fn, device, config.warmup, config.repeats)
+        out[name] = {"seconds": times, "seconds_median": median(times), "images_per_s": config.batch / median(times)}
     out["speedup"] = out["caef"]["images_per_s"] / out["reference"]["images_per_s"]
     free_device_memory(device)
     return out
