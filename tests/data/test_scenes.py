@@ -251,3 +251,24 @@ def test_fashion_stage_configs_read_a_scene_tree(config, tmp_path):
     assert cli.model.hparams.num_classes == 4 and cli.datamodule.class_names[1:] == tuple(NAMES.split(","))
     if config == "classifier/fashion":
         assert (cli.model.net.backbone.conv1a.weight == 0.5).all()
+
+
+def test_the_scenes_classifier_starts_from_the_pretraining_pipelines_checkpoint():
+    """`make fashion` runs experiments/fashion_objects.yaml, then experiments/fashion.yaml: the scenes' classifier
+    must name the checkpoint that pipeline writes, and the two trees' object ranges must not overlap."""
+    import re
+
+    import yaml
+
+    from caef.pipeline_config import PipelineConfig
+    from caef.run_layout import CHECKPOINT, layout_path
+
+    objects = PipelineConfig.load(EXPERIMENTS / "fashion_objects.yaml")
+    assert list(objects.stages) == ["classifier"]
+    written = Path(objects.runs_root) / objects.name / layout_path(CHECKPOINT, "classifier")
+    scenes_classifier = yaml.safe_load((EXPERIMENTS / "classifier/fashion.yaml").read_text())
+    assert Path(scenes_classifier["model"]["pretrained"]) == written
+    makefile = (EXPERIMENTS.parent / "Makefile").read_text()
+    assert int(re.search(r"--out data/fashion --objects-to (\d+)", makefile)[1]) <= int(
+        re.search(r"--objects-from (\d+)", makefile)[1]
+    )
