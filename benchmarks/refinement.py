@@ -204,11 +204,11 @@ def run_affinity_loss(config: BenchConfig, device: torch.device) -> dict[str, An
     from caef.data.affinity_labels import affinity_loss, extract_affinity_labels, pairwise_affinity, shifted_pairs
 
     free_device_memory(device)
-    grid = -(-config.crop // 8)
+    grid, radius = -(-config.crop // 8), 5
     generator = torch.Generator().manual_seed(5)
     features = torch.rand(config.batch, config.affinity_channels, grid, grid, generator=generator).to(device)
     labels = torch.randint(0, 3, (config.batch, grid, grid), generator=generator).to(device)
-    targets = extract_affinity_labels(labels, 5)
+    targets = extract_affinity_labels(labels, radius)
 
     def step(affinities) -> torch.Tensor:
         leaf = features.clone().requires_grad_(True)
@@ -217,18 +217,18 @@ def run_affinity_loss(config: BenchConfig, device: torch.device) -> dict[str, An
         return leaf.grad
 
     def stacked(f: torch.Tensor) -> torch.Tensor:
-        src, dst = shifted_pairs(f, 5)
+        src, dst = shifted_pairs(f, radius)
         return torch.exp(-(dst - src).abs().mean(dim=1))
 
     def caef_call() -> torch.Tensor:
-        return step(lambda f: pairwise_affinity(f, 5))
+        return step(lambda f: pairwise_affinity(f, radius))
 
     def reference_call() -> torch.Tensor:
         return step(stacked)
 
     grad_diff = float((caef_call() - reference_call()).abs().max())
     out: dict[str, Any] = {
-        "batch": config.batch, "grid": [grid, grid], "channels": config.affinity_channels, "radius": 5,
+        "batch": config.batch, "grid": [grid, grid], "channels": config.affinity_channels, "radius": radius,
         "max_abs_grad_diff": grad_diff,
     }  # fmt: skip
     for name, fn in (("caef", caef_call), ("reference", reference_call)):

@@ -114,7 +114,7 @@ def validate_last_epoch(trainer: Any) -> str | None:
                 f"{epochs} epoch(s) and validating after the last (not every {interval} steps)"
             )
         if steps % interval:
-            trainer.val_check_interval = max(d for d in range(1, min(interval, steps) + 1) if steps % d == 0)
+            trainer.val_check_interval = _largest_divisor(steps, interval)
             return (
                 f"trainer.val_check_interval={interval} does not divide trainer.max_steps={steps}, so the last step "
                 f"would not be scored; using val_check_interval={trainer.val_check_interval}"
@@ -128,11 +128,16 @@ def validate_last_epoch(trainer: Any) -> str | None:
         )
     if not _positive_int(every) or not _positive_int(epochs) or epochs % every == 0:
         return None
-    trainer.check_val_every_n_epoch = max(d for d in range(1, min(every, epochs) + 1) if epochs % d == 0)
+    trainer.check_val_every_n_epoch = _largest_divisor(epochs, every)
     return (
         f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}, so the last epoch "
         f"would not be scored; using check_val_every_n_epoch={trainer.check_val_every_n_epoch}"
     )
+
+
+def _largest_divisor(total: int, at_most: int) -> int:
+    """The largest divisor of ``total`` not above ``at_most``: a validation interval that ends on the last step."""
+    return max(d for d in range(1, min(at_most, total) + 1) if total % d == 0)
 
 
 def _positive_int(value: Any) -> bool:

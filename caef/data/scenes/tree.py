@@ -55,7 +55,8 @@ def generate_scenes(
     source = Path(source) if source is not None else default_source()
     sets = read_object_sets(source)
     names = config.names()
-    pick_sets(sets)[0].range(config.objects_from, config.objects_to)  # a bad range fails before anything is written
+    train_objects, val_objects = pick_sets(sets)
+    train_objects = train_objects.range(config.objects_from, config.objects_to)  # a bad range fails before writing
     top = max(int(s.labels.max()) for s in sets.values())
     if top >= len(names):
         raise DataError(
@@ -63,16 +64,23 @@ def generate_scenes(
             f"pass --class-names with {top + 1} comma-separated names"
         )
     write_tree_atomically(
-        out, lambda root: _write_tree(root, config, sets, source, progress), MANIFEST,
+        out, lambda root: _write_tree(root, config, sets, (train_objects, val_objects), source, progress), MANIFEST,
         lambda: read_manifest(out) is not None, what="scene",
     )  # fmt: skip
     return Path(out) / VOC_SUBDIR
 
 
-def _write_tree(root: Path, config: ScenesConfig, sets: dict[str, ObjectSet], source: Path, progress: bool) -> None:
+def _write_tree(
+    root: Path,
+    config: ScenesConfig,
+    sets: dict[str, ObjectSet],
+    objects: tuple[ObjectSet, ObjectSet],
+    source: Path,
+    progress: bool,
+) -> None:
+    """``objects``: (train_aug's, val's), as :func:`pick_sets` chose them, train_aug's within its range."""
     names = config.names()
-    train_objects, val_objects = pick_sets(sets)
-    train_objects = train_objects.range(config.objects_from, config.objects_to)
+    train_objects, val_objects = objects
     ids = [f"scene_{i:06d}" for i in range(config.num_images)]
     n_val, n_train = split_sizes(config)
     split_rng = np.random.default_rng([config.seed, 2 * 10**6])
