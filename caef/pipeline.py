@@ -16,23 +16,22 @@ whose fingerprint or inputs changed starts clean (its old outputs are removed) a
 upstream). A stage that another run under the same ``runs_root`` finished with the same fingerprint and inputs is
 copied from it (``caef/stage_cache.py``). SIGTERM/SIGINT stop the running stage's process group, mark it
 ``interrupted`` and end with one line. ``--from``/``--until`` select a slice; ``--dry_run`` prints the commands
-and writes nothing. The experiment file is ``caef/pipeline_config.py``; the command line ``caef/pipeline_cli.py``.
+and writes nothing. ``parallel_stages: N`` runs up to N consecutive independent stages side by side
+(``caef/stage_schedule.py``), each writing its output to ``logs/<stage>.log``. What each stage runs and its
+fingerprint: ``caef/stage_commands.py``; the experiment file: ``caef/pipeline_config.py``; the command line:
+``caef/pipeline_cli.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from caef import code_fingerprint
 from caef.errors import CaefError
@@ -41,20 +40,20 @@ from caef.pipeline_config import PipelineConfig, check_run_name
 from caef.pipeline_tracking import PipelineTracker, params_from_overrides
 from caef.reported_metrics import SUMMARY_PREFIXES
 from caef.run_facts import run_facts, versions, wandb_context
-from caef.run_layout import SUMMARY, layout_path
+from caef.run_layout import SUMMARY
 from caef.run_lock import RunLock
 from caef.stage_cache import StageCache
+from caef.stage_commands import StageCommands
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
-from caef.stage_outputs import StageOutputs, stage_setting
+from caef.stage_outputs import StageOutputs
 from caef.stage_runner import Interrupted, resume_checkpoint, run_stage_process, stop_signals
+from caef.stage_schedule import print_tail, stage_groups, thread_share, wall_seconds
 
 # the stage graph is re-exported: ``from caef.pipeline import STAGES, ORDER, ...`` keeps working
 __all__ = ["LIGHTNING_STAGES", "ORDER", "STAGES", "Pipeline", "PipelineConfig", "StageSpec"]
 
-_RUN_REF = re.compile(r"\{run\}/([A-Za-z_]+)/")
 
-
-class Pipeline:
+class Pipeline(StageCommands):
     """Runs the stages of ``config`` in order under ``<runs_root>/<name>``; see the module docstring.
 
     ``keep_stale_code``: keep done stages that older caef code computed (same settings) instead of rerunning them."""
@@ -67,92 +66,16 @@ class Pipeline:
         keep_stale_code: bool = False,
     ):
         check_run_name(config.name)
-        self.config = config
-        self.overrides = overrides or {}
+        super().__init__(config, overrides)
         self.python = python or sys.executable
         self.keep_stale_code = keep_stale_code
-        self.run_dir = Path(config.runs_root) / config.name
         self.manifest_path = self.run_dir / "manifest.json"
         self.cache = StageCache(config.runs_root)
         self.code = code_fingerprint.code_identity()
         self.tracker: PipelineTracker | None = None
         self.outputs = StageOutputs(config.dataset, config.data_root, self._setting)
         self._verified: set[str] = set()  # stages whose products this run has verified
-
-    # -- what each stage runs --------------------------------------------------------------------------------------
-    def argv(self, stage: str) -> list[str]:
-        spec, settings = STAGES[stage], self.config.stages[stage]
-        run = self.run_dir
-        args = list(spec.command)
-        if settings["config"]:
-            args += ["--config", settings["config"]]
-        if spec.command[0] in LIGHTNING_STAGES:
-            args += [f"--run_dir={run}", f"--seed_everything={self.config.seed}", *self.config.all]
-            args += [f"--stage_dir={stage}"] if spec.trains and stage != spec.command[0] else []
-        if spec.command[0] in LIGHTNING_STAGES and self.config.data_root:
-            args.append(f"--data.root={self.config.data_root}")
-        if spec.command == ("crf",):  # an offline command: the dataset comes as its own flags
-            args += [f"--dataset={self.config.dataset}", f"--root={self.config.data_root}"]
-        args += [f"{flag}={run / layout_path(template, owner)}" for flag, template, owner in spec.inputs]
-        return args + self.user_flags(stage)
-
-    def user_flags(self, stage: str) -> list[str]:
-        """The stage's ``args`` and ``--<stage>.<key>`` overrides, ``{run}`` replaced by the run folder."""
-        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
-        return [flag.replace("{run}", str(self.run_dir)) for flag in flags]
-
-    def needs(self, stage: str) -> tuple[str, ...]:
-        """The stages whose results ``stage`` reads: its spec's, plus those its flags name as ``{run}/<stage>/``."""
-        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
-        named = [m for flag in flags for m in _RUN_REF.findall(flag) if m in STAGES and m != stage]
-        for need in named:
-            if need in self.config.stages and ORDER.index(need) > ORDER.index(stage):
-                raise CaefError(f"stage {stage!r} reads {{run}}/{need}/, but {need!r} runs after it; reorder or drop")
-        return tuple(dict.fromkeys([*STAGES[stage].needs, *named]))
-
-    def _stage_digest(self, stage: str) -> Any:  # a hashlib object
-        """The stage's own settings: its argv with the run folder and config path abstracted (the same in every run
-        and checkout) and the bytes of its config file."""
-        settings = self.config.stages[stage]
-        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]
-        if settings["config"]:
-            portable = [arg.replace(settings["config"], "{config}") for arg in portable]
-        digest = hashlib.sha256(json.dumps(portable).encode())
-        if settings["config"]:
-            digest.update(Path(settings["config"]).read_bytes())
-        return digest
-
-    def fingerprints(self, stage: str, manifest: dict) -> tuple[str, str]:
-        """(settings, full): the stage's settings plus its upstream stages' fingerprints; the full one adds caef's
-        code (version and source digest). Equal full fingerprints and inputs, equal outputs."""
-        settings, full = self._stage_digest(stage), self._stage_digest(stage)
-        for need in self.needs(stage):
-            entry = manifest["stages"].get(need, {})
-            settings.update(entry.get("settings", "missing").encode())
-            full.update(entry.get("fingerprint", "missing").encode())
-        full.update(code_fingerprint.code_key().encode())
-        return settings.hexdigest()[:16], full.hexdigest()[:16]
-
-    def fingerprint(self, stage: str, manifest: dict) -> str:
-        return self.fingerprints(stage, manifest)[1]
-
-    def config_hash(self) -> str:
-        """One hash of every stage's settings: runs with equal hashes ran the same experiment."""
-        joined = "".join(self._stage_digest(stage).hexdigest() for stage in self.stages())
-        return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-    def stages(self) -> list[str]:
-        return [s for s in ORDER if s in self.config.stages]
-
-    def check_flags(self, stages: Sequence[str]) -> None:
-        """Every stage's ``args`` and overrides parsed by the stage's own command line, before anything runs."""
-        from caef.stage_flags import check_stage_flags
-
-        for stage in stages:
-            flags = self.user_flags(stage)
-            if STAGES[stage].command[0] in LIGHTNING_STAGES:
-                flags = [*self.config.all, *flags]
-            check_stage_flags(stage, self.config.stages[stage]["config"], flags)
+        self._manifest_lock = threading.RLock()  # stages run side by side update one manifest
 
     # -- running ---------------------------------------------------------------------------------------------------
     def run(self, start: str | None = None, until: str | None = None, dry_run: bool = False) -> dict:
@@ -189,16 +112,18 @@ class Pipeline:
             self.tracker = PipelineTracker.from_environ(self.config.name, context, run_dir=self.run_dir, params=params)
             manifest = self._load_manifest()
             manifest["code"] = self.code
-            stage = None
+            group: tuple[str, ...] = ()
             try:
-                for stage in selected:
-                    self._run_stage(stage, manifest, lock)
+                for group in stage_groups(selected, self.needs, self.config.parallel_stages):
+                    self._run_group(group, manifest, lock)
                 summary = self._finish(manifest)
             except Interrupted as stop:
-                if manifest["stages"].get(stage, {}).get("status") == "running":
+                stopped = [s for s in group if manifest["stages"].get(s, {}).get("status") in ("running", "failed")]
+                for stage in stopped:  # a side-by-side stage stopped by the signal reads as failed: it was not
                     manifest["stages"][stage]["status"] = "interrupted"
+                if stopped:
                     self._save_manifest(manifest)
-                    stop.stage = stage
+                    stop.stage = ", ".join(stopped)
                 self.tracker.abort("interrupted", 128 + stop.signum)
                 raise
             except BaseException:
@@ -257,7 +182,30 @@ class Pipeline:
             return "fresh", f"{why}, but no readable checkpoint: starting the stage again", argv
         return action, why, [*argv, f"--ckpt_path={checkpoint}"]
 
-    def _run_stage(self, stage: str, manifest: dict, lock: RunLock) -> None:
+    def _run_group(self, group: tuple[str, ...], manifest: dict, lock: RunLock) -> None:
+        """One stage, or several independent ones side by side (each with its share of the CPU threads and its
+        output in ``logs/<stage>.log``); every stage of a group finishes before a failure is raised."""
+        if len(group) == 1:
+            self._run_stage(group[0], manifest, lock)
+            return
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        share, logs = thread_share(len(group)), self.run_dir / "logs"
+        print(
+            f"\n[caef pipeline] {', '.join(group)} side by side ({share['OMP_NUM_THREADS']} CPU thread(s) each; "
+            f"output in {logs}/<stage>.log)",
+            flush=True,
+        )
+        with ThreadPoolExecutor(len(group), thread_name_prefix="caef-stage") as pool:
+            futures = [pool.submit(self._run_stage, s, manifest, lock, share, logs / f"{s}.log") for s in group]
+            wait(futures)  # a signal to the pipeline raises Interrupted here, once every stage process is stopped
+        failures = [future.exception() for future in futures if future.exception() is not None]
+        if failures:
+            raise failures[0]
+
+    def _run_stage(
+        self, stage: str, manifest: dict, lock: RunLock, env: dict | None = None, log: Path | None = None
+    ) -> None:
         spec = STAGES[stage]
         for need in self.needs(stage):
             if need not in self.config.stages:
@@ -277,7 +225,8 @@ class Pipeline:
         settings, fingerprint = self.fingerprints(stage, manifest)
         inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
         if action == "skip":
-            self._tracked(stage, manifest)
+            with self._manifest_lock:
+                self._tracked(stage, manifest)
             return
         if action == "fresh" and self._reuse_cached(stage, fingerprint, inputs, manifest, why):
             return
@@ -288,30 +237,31 @@ class Pipeline:
         print(f"\n[caef pipeline] {stage} ({spec.help}): {why}\n  caef {' '.join(argv)}", flush=True)
         keep_id = action in ("resume", "repair") and entry.get("run_id")
         seconds = entry.get("seconds", 0.0) if action in ("resume", "repair") else 0.0
-        manifest["stages"][stage] = {
+        self._save_entry(manifest, stage, {
             "status": "running", "fingerprint": fingerprint, "settings": settings, "inputs": inputs,
             "run_id": keep_id or uuid.uuid4().hex[:12], "code": self.code["sources"], "argv": argv,
             "config": self.config.stages[stage]["config"], "needs": list(self.needs(stage)),
             "outputs": list(spec.outputs), "seconds": seconds, "started": _now(),
-        }  # fmt: skip
-        self._save_manifest(manifest)
+        }, replace=True)  # fmt: skip
         before = self._summary()
         start = time.perf_counter()
+        environ = self.tracker.stage_environ(stage) | (env or {})
         try:
-            code = run_stage_process([self.python, "-m", "caef.cli", *argv], self.tracker.stage_environ(stage), lock)
+            code = run_stage_process([self.python, "-m", "caef.cli", *argv], environ, lock, log)
         finally:
-            manifest["stages"][stage]["seconds"] = round(seconds + time.perf_counter() - start, 1)
+            with self._manifest_lock:
+                manifest["stages"][stage]["seconds"] = round(seconds + time.perf_counter() - start, 1)
         if code != 0:
-            manifest["stages"][stage]["status"] = "failed"
-            self._save_manifest(manifest)
+            self._save_entry(manifest, stage, {"status": "failed"})
+            if log is not None:
+                print_tail(log, f"[caef pipeline] {stage} failed; the end of {log}:")
             raise CaefError(
                 f"stage {stage!r} failed (exit code {code}); fix the cause and rerun the same command: finished "
                 f"stages are kept and {stage!r} resumes"
             )
         bad = self._verify(stage)
         if bad:
-            manifest["stages"][stage]["status"] = "failed"
-            self._save_manifest(manifest)
+            self._save_entry(manifest, stage, {"status": "failed"})
             raise CaefError(
                 f"stage {stage!r} finished but {len(bad)} of its outputs are missing or unreadable, e.g. {bad[0][0]} "
                 f"({bad[0][1]}); rerun the same command to redo them"
@@ -320,10 +270,12 @@ class Pipeline:
         prefixes = SUMMARY_PREFIXES.get(stage, ())
         own = {k: v for k, v in after.items() if k.startswith(prefixes) or before.get(k) != v} if prefixes else {}
         own = own or {k: v for k, v in after.items() if before.get(k) != v}
-        manifest["stages"][stage].update(status="done", finished=_now(), summary=own)
-        self._save_manifest(manifest)
-        self.cache.record(fingerprint, self.config.name)
-        self._tracked(stage, manifest)
+        if log is not None:
+            print(f"[caef pipeline] {stage}: done in {manifest['stages'][stage]['seconds']:.0f} s", flush=True)
+        self._save_entry(manifest, stage, {"status": "done", "finished": _now(), "summary": own})
+        with self._manifest_lock:
+            self.cache.record(fingerprint, self.config.name)
+            self._tracked(stage, manifest)
 
     def _tracked(self, stage: str, manifest: dict) -> None:
         entry = manifest["stages"][stage]
@@ -335,13 +287,13 @@ class Pipeline:
         entry = self.cache.copy(stage, fingerprint, self.config.name, inputs, lambda d: self._verify(stage, d))
         if entry is None:
             return False
-        manifest["stages"][stage] = entry
-        self._save_manifest(manifest)
+        self._save_entry(manifest, stage, entry, replace=True)
         print(
             f"[caef pipeline] {stage}: {why}; same inputs, config and code as in {entry['cached_from']} -- copied",
             flush=True,
         )
-        self._tracked(stage, manifest)
+        with self._manifest_lock:
+            self._tracked(stage, manifest)
         return True
 
     def _verify(self, stage: str, run_dir: Path | None = None) -> list[tuple[Path, str]]:
@@ -366,13 +318,10 @@ class Pipeline:
     def _facts(self) -> dict:
         return run_facts(self.config, self._setting)
 
-    def _setting(self, stage: str, key: str) -> Any:
-        """``key`` (dotted) of a stage: its last ``--<key>=`` flag, else its config file's value (or None)."""
-        return stage_setting(self.argv(stage), self.config.stages[stage].get("config"), key)
-
     def _finish(self, manifest: dict) -> dict:
         times = {s: manifest["stages"][s].get("seconds") for s in ORDER if s in manifest["stages"]}
         times = {s: t for s, t in times.items() if manifest["stages"][s].get("status") == "done"}
+        groups = stage_groups(list(times), self.needs, self.config.parallel_stages)
         summary = update_json(
             self.run_dir / SUMMARY,
             self._facts()
@@ -380,7 +329,8 @@ class Pipeline:
                 "config_hash": self.config_hash(),
                 "overrides": self.overrides,
                 "stage_seconds": times,
-                "total_seconds": round(sum(t for t in times.values() if t), 1),
+                "total_seconds": wall_seconds(groups, times),  # side-by-side stages count once
+                "stage_groups": [list(g) for g in groups if len(g) > 1],
                 "versions": versions(),
                 "code": self.code,
             },
@@ -406,8 +356,18 @@ class Pipeline:
                 raise CaefError(f"{self.manifest_path} is corrupt ({exc}); delete it to rerun every stage") from exc
         return {"name": self.config.name, "stages": {}}
 
+    def _save_entry(self, manifest: dict, stage: str, fields: dict, replace: bool = False) -> None:
+        """Set (``replace``: the whole entry) or update ``stage``'s manifest entry and save the manifest."""
+        with self._manifest_lock:
+            if replace or stage not in manifest["stages"]:
+                manifest["stages"][stage] = dict(fields)
+            else:
+                manifest["stages"][stage].update(fields)
+            self._save_manifest(manifest)
+
     def _save_manifest(self, manifest: dict) -> None:
-        write_json(self.manifest_path, manifest)
+        with self._manifest_lock:  # one writer at a time, and no entry changes while it is serialised
+            write_json(self.manifest_path, manifest)
 
 
 def _now() -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from caef.pipeline import Pipeline, PipelineConfig
 from caef.pipeline import __doc__ as PIPELINE_DOC
+from caef.pipeline_config import check_parallel_stages
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
 
 #: summary rows of the final table: (label, metric key, threshold key or None)
@@ -32,7 +33,12 @@ def format_summary(summary: dict) -> str:
             thr = summary.get(thr_key) if thr_key else None
             lines.append(f"{label:<28}{_fmt(summary.get(key)):>8}{_fmt(thr):>7}")
     lines.append("-" * 43)
-    lines += [f"{stage:<28}{seconds:>7.1f}s" for stage, seconds in summary.get("stage_seconds", {}).items() if seconds]
+    side = {stage for group in summary.get("stage_groups", []) for stage in group}
+    lines += [
+        f"{stage:<28}{seconds:>7.1f}s" + ("  (side by side)" if stage in side else "")
+        for stage, seconds in summary.get("stage_seconds", {}).items()
+        if seconds
+    ]
     lines.append(f"{'total':<28}{summary.get('total_seconds', 0):>7.1f}s")
     return "\n".join(lines)
 
@@ -52,6 +58,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
     parser.add_argument("--seed", type=int, help="seed of every stage (default: the config's)")
     parser.add_argument("--runs_root", "--runs-root", dest="runs_root", help="folder of runs (default: runs)")
     parser.add_argument("--data_root", "--data-root", dest="data_root", help="dataset root (default: the config's)")
+    parser.add_argument(
+        "--parallel_stages",
+        "--parallel-stages",
+        dest="parallel_stages",
+        type=int,
+        help="run up to N consecutive independent stages side by side (default: the config's, else 1)",
+    )
     parser.add_argument("--from", dest="start", choices=ORDER, help="first stage to run")
     parser.add_argument("--until", choices=ORDER, help="last stage to run")
     parser.add_argument(
@@ -86,11 +99,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = PipelineConfig.load(args.config)
-    for key in ("name", "seed", "runs_root", "data_root"):
+    for key in ("name", "seed", "runs_root", "data_root", "parallel_stages"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     if args.name is None and overrides:  # a sweep point: its own run folder, stable for the same flags
         config.name = f"{config.name}-{hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
+    check_parallel_stages(config.parallel_stages)
     pipeline = Pipeline(
         config, {s: o for s, o in overrides.items() if s in config.stages}, keep_stale_code=args.keep_stale_code
     )

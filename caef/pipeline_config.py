@@ -34,6 +34,7 @@ class PipelineConfig:
     data_root: str | None = None  # checked before anything runs
     data_help: str = ""  # what to print when data_root is missing
     all: list[str] = field(default_factory=list)  # flags given to every Lightning stage
+    parallel_stages: int = 1  # independent consecutive stages run side by side, at most this many (stage_schedule)
     tags: list[str] = field(default_factory=list)
 
     @classmethod
@@ -55,6 +56,7 @@ class PipelineConfig:
                     f"({type(value).__name__}); fix it in the file"
                 )
         check_run_name(raw["name"], f"pipeline config {path}: key 'name'")
+        check_parallel_stages(raw.get("parallel_stages", 1), f"pipeline config {path}: key 'parallel_stages'")
         if raw.get("dataset", "synthetic") not in DATASETS:
             raise CaefError(
                 f"pipeline config {path}: key 'dataset' must be one of {', '.join(DATASETS)}, got {raw['dataset']!r}"
@@ -164,6 +166,12 @@ def check_run_name(name: Any, what: str = "--name") -> str:
             "runs live in <runs_root>/<name>; use e.g. --name=demo_s1 (and --runs_root to choose the folder)"
         )
     return name
+
+
+def check_parallel_stages(value: Any, what: str = "--parallel_stages") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CaefError(f"{what} must be a whole number >= 1 (1: one stage at a time), got {value!r}")
+    return value
 
 
 def _is_type(value: Any, hint: Any) -> bool:

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,14 +35,17 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 class RunLock:
     """Exclusive ownership of a run folder; ``with RunLock(run_dir):`` or :meth:`acquire` / :meth:`release`.
 
-    ``stage_pgid`` (:meth:`note_stage`) records the process group of the stage being run, so a second run that
-    finds a dead pipeline whose stage still runs (the pipeline was killed with SIGKILL) refuses to start."""
+    ``stage_pgids`` (:meth:`note_stage`) records the process groups of the stages being run (more than one when
+    independent stages run side by side), so a second run that finds a dead pipeline whose stage still runs (the
+    pipeline was killed with SIGKILL) refuses to start."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
         self._holder: dict[str, Any] = {}
+        self._stages: list[int] = []
+        self._write_lock = threading.Lock()  # stages run side by side note themselves from their own threads
 
     def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +64,9 @@ class RunLock:
                 os.close(fd)
                 raise CaefError(self._busy_message(holder)) from None
         previous = read_holder(self.path)
-        stage = previous.get("stage_pgid")
-        if stage and previous.get("host") == socket.gethostname() and _group_lingers(stage):
+        same_host = previous.get("host") == socket.gethostname()
+        stage = next((pgid for pgid in _stage_groups(previous) if same_host and _group_lingers(pgid)), None)
+        if stage:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise CaefError(
@@ -79,14 +84,16 @@ class RunLock:
         self._write()
         return self
 
-    def note_stage(self, pgid: int | None) -> None:
-        """Record (or clear, with None) the process group of the running stage."""
-        if self._fd is None:
-            return
-        self._holder = {k: v for k, v in self._holder.items() if k != "stage_pgid"}
-        if pgid is not None:
-            self._holder["stage_pgid"] = pgid
-        self._write()
+    def note_stage(self, pgid: int, running: bool = True) -> None:
+        """Record that the stage of process group ``pgid`` runs (or, ``running=False``, has ended)."""
+        with self._write_lock:
+            if self._fd is None:
+                return
+            self._stages = [p for p in self._stages if p != pgid] + ([pgid] if running else [])
+            self._holder = {k: v for k, v in self._holder.items() if k != "stage_pgids"}
+            if self._stages:
+                self._holder["stage_pgids"] = list(self._stages)
+            self._write()
 
     def release(self) -> None:
         if self._fd is None:
@@ -151,6 +158,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _stage_groups(holder: dict[str, Any]) -> list[int]:
+    """The stage process groups a lock file records (``stage_pgid``: one, as caef 0.3.0 wrote it)."""
+    groups = holder.get("stage_pgids") or ([holder["stage_pgid"]] if holder.get("stage_pgid") else [])
+    return [int(pgid) for pgid in groups]
 
 
 def _group_lingers(pgid: int, wait_s: float = 10.0) -> bool:

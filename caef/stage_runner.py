@@ -21,7 +21,9 @@ from typing import Any
 STOP_GRACE_S = 20.0
 #: the stage processes running now, in any thread
 _LIVE: set[subprocess.Popen] = set()
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler may run while its own thread holds it
+#: set once a signal stopped the stages: a stage thread that has not started its process yet must not start it
+_STOPPED = threading.Event()
 
 
 class Interrupted(BaseException):
@@ -47,6 +49,7 @@ def stop_signals(install: bool = True) -> Iterator[None]:
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _STOPPED.clear()
     try:
         yield
     finally:
@@ -54,12 +57,26 @@ def stop_signals(install: bool = True) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = None) -> int:
+def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = None, log: Path | None = None) -> int:
     """Run ``cmd`` in a new process group and wait; on :class:`Interrupted` (or any error) stop the whole group
-    first, then re-raise. ``lock`` (a :class:`~caef.run_lock.RunLock`) records the group while it runs."""
-    process = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, preexec_fn=_die_with(os.getpid()))
-    with _LIVE_LOCK:
-        _LIVE.add(process)
+    first, then re-raise. ``lock`` (a :class:`~caef.run_lock.RunLock`) records the group while it runs; ``log``
+    takes its output (stdout and stderr) instead of the terminal, for stages run side by side."""
+    out = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 -- closed below, once the process has its own copy
+    try:
+        with _LIVE_LOCK:  # checked and registered at once: stop_all either sees this process or refuses it
+            if _STOPPED.is_set():
+                raise Interrupted(signal.SIGTERM)
+            process = subprocess.Popen(
+                list(cmd), env=dict(env), start_new_session=True, preexec_fn=_die_with(os.getpid()),
+                stdout=out, stderr=subprocess.STDOUT if out else None,
+            )  # fmt: skip
+            _LIVE.add(process)
+    finally:
+        if out is not None:
+            out.close()
     if lock is not None:
         lock.note_stage(process.pid)
     try:
@@ -72,12 +89,13 @@ def run_stage_process(cmd: Sequence[str], env: Mapping[str, str], lock: Any = No
         with _LIVE_LOCK:
             _LIVE.discard(process)
         if lock is not None and process.poll() is not None:
-            lock.note_stage(None)
+            lock.note_stage(process.pid, running=False)
 
 
 def stop_all() -> None:
-    """Stop the process group of every stage this process is running (in any thread)."""
+    """Stop the process group of every stage this process is running (in any thread), and start no more."""
     with _LIVE_LOCK:
+        _STOPPED.set()
         live = [p for p in _LIVE if p.poll() is None]
     for process in live:
         stop_group(process)

@@ -1,0 +1,148 @@
+"""What each stage of ``caef pipeline`` runs and what identifies its result: its command line, the stages it reads,
+its fingerprints. The half of :class:`~caef.pipeline.Pipeline` that reads and never writes (``--dry_run``, sweeps
+and the stage cache use it too).
+
+A stage's settings digest covers its argv (run folder and config path abstracted), its config file's bytes, and the
+bytes of every weight file it loads from outside the run folder (``model.pretrained``, ``model.init_checkpoint``,
+``model.ordinary_classifier``): a pretrained trunk trained again, or ImageNet weights replaced, changes the
+fingerprint and so reruns the stage instead of keeping results computed from the old file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from caef import code_fingerprint
+from caef.errors import CaefError
+from caef.pipeline_config import PipelineConfig
+from caef.run_layout import layout_path
+from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
+from caef.stage_outputs import stage_setting
+
+_RUN_REF = re.compile(r"\{run\}/([A-Za-z_]+)/")
+#: settings that name a weight file a stage loads: its bytes are part of the stage's fingerprint
+WEIGHT_KEYS = ("model.pretrained", "model.init_checkpoint", "model.ordinary_classifier")
+
+
+class StageCommands:
+    """The command line and identity of each stage of ``config`` run under ``<runs_root>/<name>``."""
+
+    def __init__(self, config: PipelineConfig, overrides: dict[str, list[str]] | None = None):
+        self.config = config
+        self.overrides = overrides or {}
+        self.run_dir = Path(config.runs_root) / config.name
+
+    def argv(self, stage: str) -> list[str]:
+        spec, settings = STAGES[stage], self.config.stages[stage]
+        run = self.run_dir
+        args = list(spec.command)
+        if settings["config"]:
+            args += ["--config", settings["config"]]
+        if spec.command[0] in LIGHTNING_STAGES:
+            args += [f"--run_dir={run}", f"--seed_everything={self.config.seed}", *self.config.all]
+            args += [f"--stage_dir={stage}"] if spec.trains and stage != spec.command[0] else []
+        if spec.command[0] in LIGHTNING_STAGES and self.config.data_root:
+            args.append(f"--data.root={self.config.data_root}")
+        if spec.command == ("crf",):  # an offline command: the dataset comes as its own flags
+            args += [f"--dataset={self.config.dataset}", f"--root={self.config.data_root}"]
+        args += [f"{flag}={run / layout_path(template, owner)}" for flag, template, owner in spec.inputs]
+        return args + self.user_flags(stage)
+
+    def user_flags(self, stage: str) -> list[str]:
+        """The stage's ``args`` and ``--<stage>.<key>`` overrides, ``{run}`` replaced by the run folder."""
+        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
+        return [flag.replace("{run}", str(self.run_dir)) for flag in flags]
+
+    def needs(self, stage: str) -> tuple[str, ...]:
+        """The stages whose results ``stage`` reads: its spec's, plus those its flags name as ``{run}/<stage>/``."""
+        flags = self.config.stages[stage]["args"] + self.overrides.get(stage, [])
+        named = [m for flag in flags for m in _RUN_REF.findall(flag) if m in STAGES and m != stage]
+        for need in named:
+            if need in self.config.stages and ORDER.index(need) > ORDER.index(stage):
+                raise CaefError(f"stage {stage!r} reads {{run}}/{need}/, but {need!r} runs after it; reorder or drop")
+        return tuple(dict.fromkeys([*STAGES[stage].needs, *named]))
+
+    def _stage_digest(self, stage: str) -> Any:  # a hashlib object
+        """The stage's own settings: its argv with the run folder and config path abstracted (the same in every run
+        and checkout), the bytes of its config file and of the weight files it loads from outside the run."""
+        settings = self.config.stages[stage]
+        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]
+        if settings["config"]:
+            portable = [arg.replace(settings["config"], "{config}") for arg in portable]
+        digest = hashlib.sha256(json.dumps(portable).encode())
+        if settings["config"]:
+            digest.update(Path(settings["config"]).read_bytes())
+        for path in self.weight_files(stage):
+            digest.update(f"{path.name}:{file_digest(path)}".encode())
+        return digest
+
+    def fingerprints(self, stage: str, manifest: dict) -> tuple[str, str]:
+        """(settings, full): the stage's settings plus its upstream stages' fingerprints; the full one adds caef's
+        code (version and source digest). Equal full fingerprints and inputs, equal outputs."""
+        settings, full = self._stage_digest(stage), self._stage_digest(stage)
+        for need in self.needs(stage):
+            entry = manifest["stages"].get(need, {})
+            settings.update(entry.get("settings", "missing").encode())
+            full.update(entry.get("fingerprint", "missing").encode())
+        full.update(code_fingerprint.code_key().encode())
+        return settings.hexdigest()[:16], full.hexdigest()[:16]
+
+    def fingerprint(self, stage: str, manifest: dict) -> str:
+        return self.fingerprints(stage, manifest)[1]
+
+    def config_hash(self) -> str:
+        """One hash of every stage's settings: runs with equal hashes ran the same experiment."""
+        joined = "".join(self._stage_digest(stage).hexdigest() for stage in self.stages())
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def stages(self) -> list[str]:
+        return [s for s in ORDER if s in self.config.stages]
+
+    def check_flags(self, stages: Sequence[str]) -> None:
+        """Every stage's ``args`` and overrides parsed by the stage's own command line, before anything runs."""
+        from caef.stage_flags import check_stage_flags
+
+        for stage in stages:
+            flags = self.user_flags(stage)
+            if STAGES[stage].command[0] in LIGHTNING_STAGES:
+                flags = [*self.config.all, *flags]
+            check_stage_flags(stage, self.config.stages[stage]["config"], flags)
+
+    def _setting(self, stage: str, key: str) -> Any:
+        """``key`` (dotted) of a stage: its last ``--<key>=`` flag, else its config file's value (or None)."""
+        return stage_setting(self.argv(stage), self.config.stages[stage].get("config"), key)
+
+    def weight_files(self, stage: str) -> list[Path]:
+        """The weight files ``stage`` loads from outside the run folder (those inside are upstream results)."""
+        files = []
+        for key in WEIGHT_KEYS:
+            value = self._setting(stage, key)
+            if isinstance(value, str) and value and value.lower() not in ("null", "none"):
+                path = Path(value)
+                if not path.resolve().is_relative_to(self.run_dir.resolve()):
+                    files.append(path)
+        return files
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes ("missing" if it is not there), kept per (path, size, mtime) for this process."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
