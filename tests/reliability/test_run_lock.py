@@ -19,22 +19,14 @@ from caef.cli import main as cli_main
 from caef.errors import CaefError
 from caef.io import update_json
 from caef.run_lock import RunLock, read_holder
-from tests.reliability.pipeline_fixtures import experiment
+from tests.reliability.pipeline_fixtures import experiment, sleeping_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _holding_pipeline(tmp_path: Path, yaml: Path, pids: Path) -> subprocess.Popen:
     """A real `caef pipeline` process whose (fake) crf stage sleeps: it holds the run folder."""
-    from tests.reliability.fake_stage import fake_python
-
-    driver = (
-        "import sys; from caef.cli import main; "
-        f"sys.executable = {fake_python(tmp_path)!r}; "
-        f"sys.exit(main(['pipeline', {str(yaml)!r}, '--runs_root={tmp_path / 'runs'}']))"
-    )
-    env = os.environ | {"FAKE_STAGE": "sleep", "FAKE_PIDS": str(pids), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    process = sleeping_pipeline(tmp_path, yaml, pids)
     deadline = time.time() + 120
     while not pids.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)

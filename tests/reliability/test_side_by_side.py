@@ -20,7 +20,7 @@ from caef.pipeline_cli import format_summary
 from caef.run_lock import RunLock
 from caef.stage_schedule import stage_groups, thread_share, wall_seconds
 from tests.reliability.fake_stage import fake_python
-from tests.reliability.pipeline_fixtures import experiment, manifest
+from tests.reliability.pipeline_fixtures import alive, experiment, manifest, sleeping_pipeline
 from tests.reliability.reliability_helpers import EXPERIMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,13 +121,7 @@ def test_sigterm_stops_every_stage_of_the_group_and_both_resume(tmp_path, tiny_s
     yaml = experiment(tmp_path, tiny_synth, TWO_INDEPENDENT, name="stopped")
     yaml.write_text(yaml.read_text() + "parallel_stages: 2\n")
     pids = tmp_path / "pids-{stage}.json"
-    driver = (
-        "import sys; from caef.cli import main; "
-        f"sys.executable = {fake_python(tmp_path)!r}; "
-        f"sys.exit(main(['pipeline', {str(yaml)!r}, '--runs_root={tmp_path / 'runs'}']))"
-    )
-    env = os.environ | {"FAKE_STAGE": "sleep", "FAKE_PIDS": str(pids), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    process = sleeping_pipeline(tmp_path, yaml, pids)
     files = [Path(str(pids).format(stage=s)) for s in ("classifier", "fully_supervised")]
     deadline = time.time() + 120
     while not all(f.exists() and f.read_text() for f in files) and process.poll() is None and time.time() < deadline:
@@ -143,9 +137,9 @@ def test_sigterm_stops_every_stage_of_the_group_and_both_resume(tmp_path, tiny_s
         "stopped); rerun the same command to resume"
     )
     deadline = time.time() + 10
-    while any(_alive(pid) for pid in stage_pids) and time.time() < deadline:
+    while any(alive(pid) for pid in stage_pids) and time.time() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in stage_pids), "a stage process was left running"
+    assert not any(alive(pid) for pid in stage_pids), "a stage process was left running"
     stages = manifest(run_dir)["stages"]
     assert {s: e["status"] for s, e in stages.items()} == {
         "classifier": "interrupted",
@@ -188,11 +182,3 @@ def test_parallel_stages_must_be_a_whole_number_from_one(tmp_path, tiny_synth, v
     yaml.write_text(yaml.read_text() + f"parallel_stages: {json.dumps(value)}\n")
     with pytest.raises(CaefError, match="parallel_stages"):
         PipelineConfig.load(yaml)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -5,7 +5,6 @@ command resumes the stage."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,35 +13,20 @@ from pathlib import Path
 
 from caef import code_fingerprint
 from caef.pipeline import Pipeline, PipelineConfig
-from tests.reliability.fake_stage import fake_python
-from tests.reliability.pipeline_fixtures import experiment, manifest
+from tests.reliability.pipeline_fixtures import alive, experiment, manifest, sleeping_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _interrupt(tmp_path: Path, tiny_synth: Path, sig: signal.Signals) -> None:
     yaml = experiment(tmp_path, tiny_synth, "{crf: {}}", name="stopped")
     pids = tmp_path / "pids.json"
-    driver = (
-        "import sys; from caef.cli import main; "
-        f"sys.executable = {fake_python(tmp_path)!r}; "
-        f"sys.exit(main(['pipeline', {str(yaml)!r}, '--runs_root={tmp_path / 'runs'}']))"
-    )
-    env = os.environ | {"FAKE_STAGE": "sleep", "FAKE_PIDS": str(pids), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    process = sleeping_pipeline(tmp_path, yaml, pids)
     deadline = time.time() + 120
     while not pids.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     stage_pids = json.loads(pids.read_text())
-    assert all(_alive(pid) for pid in stage_pids)
+    assert all(alive(pid) for pid in stage_pids)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -52,9 +36,9 @@ def _interrupt(tmp_path: Path, tiny_synth: Path, sig: signal.Signals) -> None:
         "command to resume"
     ], err
     deadline = time.time() + 10
-    while any(_alive(pid) for pid in stage_pids) and time.time() < deadline:
+    while any(alive(pid) for pid in stage_pids) and time.time() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in stage_pids), "a stage process was left running"
+    assert not any(alive(pid) for pid in stage_pids), "a stage process was left running"
     run_dir = tmp_path / "runs" / "stopped"
     assert manifest(run_dir)["stages"]["crf"]["status"] == "interrupted"
     assert json.loads((run_dir / ".lock").read_text() or "{}") == {}  # released
@@ -92,10 +76,10 @@ def test_sigkill_of_the_pipeline_leaves_no_stage_running(tmp_path):
         assert time.monotonic() < deadline and pipeline.poll() is None, "the stage did not start"
         time.sleep(0.05)
     stage = int(pid_file.read_text())
-    assert _alive(stage)
+    assert alive(stage)
     pipeline.kill()
     pipeline.wait()
     deadline = time.monotonic() + 10
-    while _alive(stage) and time.monotonic() < deadline:
+    while alive(stage) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(stage), "the stage outlived its killed pipeline"
+    assert not alive(stage), "the stage outlived its killed pipeline"
