@@ -200,6 +200,8 @@ class Pipeline(StageCommands):
             futures = [pool.submit(self._run_stage, s, manifest, lock, share, logs / f"{s}.log") for s in group]
             wait(futures)  # a signal to the pipeline raises Interrupted here, once every stage process is stopped
         failures = [future.exception() for future in futures if future.exception() is not None]
+        for other in failures[1:]:  # the first is raised; the others are not lost
+            print(f"[caef pipeline] also: {other}", file=sys.stderr, flush=True)
         if failures:
             raise failures[0]
 

@@ -117,6 +117,13 @@ def test_a_failing_stage_lets_its_partner_finish_shows_its_log_and_resumes(tmp_p
     assert "fully_supervised: done, verified, unchanged -- skipped" in out
 
 
+def test_when_both_fail_the_second_failure_is_reported_too(tmp_path, tiny_synth, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_STAGE", "fail")
+    with pytest.raises(CaefError, match="stage 'classifier' failed"):
+        _pipeline(tmp_path, tiny_synth, parallel=2).run()
+    assert "also: stage 'fully_supervised' failed" in capsys.readouterr().err
+
+
 def test_sigterm_stops_every_stage_of_the_group_and_both_resume(tmp_path, tiny_synth, monkeypatch, capsys):
     yaml = experiment(tmp_path, tiny_synth, TWO_INDEPENDENT, name="stopped")
     yaml.write_text(yaml.read_text() + "parallel_stages: 2\n")
