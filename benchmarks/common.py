@@ -3,7 +3,6 @@ device description and peak FLOP rates."""
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import statistics
@@ -14,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from caef.cpus import usable_cpus
 
 #: PASCAL VOC: 20 foreground classes + background
 NUM_CLASSES = 21
@@ -151,7 +152,7 @@ def random_labels(batch: int, num_foreground: int, generator: torch.Generator, m
 
 # -- device --------------------------------------------------------------------------------------------------
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cpus()
 
 
 def cpu_name() -> str:

@@ -70,21 +70,22 @@ class StageCommands:
     def _stage_digest(self, stage: str) -> Any:  # a hashlib object
         """The stage's own settings: its argv with the run folder and config path abstracted (the same in every run
         and checkout), the bytes of its config file and of the weight files it loads from outside the run."""
-        settings = self.config.stages[stage]
-        portable = [arg.replace(str(self.run_dir), "{run}") for arg in self.argv(stage)]
+        settings, argv = self.config.stages[stage], self.argv(stage)
+        portable = [arg.replace(str(self.run_dir), "{run}") for arg in argv]
         if settings["config"]:
             portable = [arg.replace(settings["config"], "{config}") for arg in portable]
         digest = hashlib.sha256(json.dumps(portable).encode())
         if settings["config"]:
             digest.update(Path(settings["config"]).read_bytes())
-        for path in self.weight_files(stage):
+        for path in self.weight_files(stage, argv):
             digest.update(f"{path.name}:{file_digest(path)}".encode())
         return digest
 
     def fingerprints(self, stage: str, manifest: dict) -> tuple[str, str]:
         """(settings, full): the stage's settings plus its upstream stages' fingerprints; the full one adds caef's
         code (version and source digest). Equal full fingerprints and inputs, equal outputs."""
-        settings, full = self._stage_digest(stage), self._stage_digest(stage)
+        settings = self._stage_digest(stage)
+        full = settings.copy()
         for need in self.needs(stage):
             entry = manifest["stages"].get(need, {})
             settings.update(entry.get("settings", "missing").encode())
@@ -117,11 +118,12 @@ class StageCommands:
         """``key`` (dotted) of a stage: its last ``--<key>=`` flag, else its config file's value (or None)."""
         return stage_setting(self.argv(stage), self.config.stages[stage].get("config"), key)
 
-    def weight_files(self, stage: str) -> list[Path]:
-        """The weight files ``stage`` loads from outside the run folder (those inside are upstream results)."""
-        files = []
+    def weight_files(self, stage: str, argv: Sequence[str] | None = None) -> list[Path]:
+        """The weight files ``stage`` loads from outside the run folder (those inside are upstream results);
+        ``argv``: the stage's, if the caller has it already."""
+        argv, config, files = argv or self.argv(stage), self.config.stages[stage].get("config"), []
         for key in WEIGHT_KEYS:
-            value = self._setting(stage, key)
+            value = stage_setting(argv, config, key)
             if isinstance(value, str) and value and value.lower() not in ("null", "none"):
                 path = Path(value)
                 if not path.resolve().is_relative_to(self.run_dir.resolve()):

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from caef.cpus import usable_cpus
+
 
 def stage_groups(stages: Sequence[str], needs: Callable[[str], Sequence[str]], parallel: int) -> list[tuple[str, ...]]:
     """``stages`` (in order) cut into groups of at most ``parallel`` consecutive stages, none of which needs
@@ -41,8 +43,7 @@ def thread_share(group_size: int, environ: Mapping[str, str] | None = None) -> d
         total = int(environ.get("OMP_NUM_THREADS", ""))
     except ValueError:
         total = 0
-    total = total if total > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    share = str(max(1, (total or 1) // group_size))
+    share = str(max(1, (total if total > 0 else usable_cpus()) // group_size))
     return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from caef.cam_files import load_cams
+from caef.cpus import usable_cpus
 from caef.data.source import SegmentationSource, read_image, write_mask
 from caef.errors import CaefError, check_writable_dir
 
@@ -128,10 +128,6 @@ def _seed_one(task: tuple) -> str:
     return image_id
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_crf_seeds(
     source: SegmentationSource,
     split: str,
@@ -166,7 +162,7 @@ def run_crf_seeds(
             (image_id, source.image_path(image_id), cam_dir / f"{image_id}.npz", outputs, source.label_of(image_id),
              source.class_names, config, source.palette)
         )  # fmt: skip
-    workers = min(workers or _cpu_count(), len(tasks))
+    workers = min(workers or usable_cpus(), len(tasks))
     bar = tqdm(total=len(tasks), desc=f"crf seeds {split} {index}/{count}", unit="img", disable=not progress)
     with bar:
         if workers <= 1:
