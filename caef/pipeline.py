@@ -17,7 +17,8 @@ upstream). A stage that another run under the same ``runs_root`` finished with t
 copied from it (``caef/stage_cache.py``). SIGTERM/SIGINT stop the running stage's process group, mark it
 ``interrupted`` and end with one line. ``--from``/``--until`` select a slice; ``--dry_run`` prints the commands
 and writes nothing. ``parallel_stages: N`` runs up to N consecutive independent stages side by side
-(``caef/stage_schedule.py``), each writing its output to ``logs/<stage>.log``. What each stage runs and its
+(``caef/stage_schedule.py``), each writing its output to ``logs/<stage>.log``; ``precision`` sets the network
+stages' ``trainer.precision`` (``caef/precision_policy.py``). What each stage runs and its
 fingerprint: ``caef/stage_commands.py``; the experiment file: ``caef/pipeline_config.py``; the command line:
 ``caef/pipeline_cli.py``.
 """

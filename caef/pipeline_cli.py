@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from caef.pipeline import Pipeline, PipelineConfig
 from caef.pipeline import __doc__ as PIPELINE_DOC
 from caef.pipeline_config import check_parallel_stages
+from caef.precision_policy import PRECISIONS
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
 
 #: summary rows of the final table: (label, metric key, threshold key or None)
@@ -65,6 +66,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
         type=int,
         help="run up to N consecutive independent stages side by side (default: the config's, else 1)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="trainer.precision of the classifier, CGNet and DeepLab stages; auto: bf16-mixed on a CPU with AMX, "
+        "else 32-true (default: the config's, else each stage config's own)",
+    )
     parser.add_argument("--from", dest="start", choices=ORDER, help="first stage to run")
     parser.add_argument("--until", choices=ORDER, help="last stage to run")
     parser.add_argument(
@@ -99,7 +106,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = PipelineConfig.load(args.config)
-    for key in ("name", "seed", "runs_root", "data_root", "parallel_stages"):
+    for key in ("name", "seed", "runs_root", "data_root", "parallel_stages", "precision"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     if args.name is None and overrides:  # a sweep point: its own run folder, stable for the same flags

@@ -17,6 +17,7 @@ from typing import Any
 
 from caef.errors import CaefError
 from caef.io import read_yaml_mapping
+from caef.precision_policy import check_precision
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
 
 DATASETS = ("synthetic", "voc", "coco")
@@ -35,6 +36,7 @@ class PipelineConfig:
     data_help: str = ""  # what to print when data_root is missing
     all: list[str] = field(default_factory=list)  # flags given to every Lightning stage
     parallel_stages: int = 1  # independent consecutive stages run side by side, at most this many (stage_schedule)
+    precision: str | None = None  # the network stages' trainer.precision; auto: by the CPU (precision_policy)
     tags: list[str] = field(default_factory=list)
 
     @classmethod
@@ -57,6 +59,7 @@ class PipelineConfig:
                 )
         check_run_name(raw["name"], f"pipeline config {path}: key 'name'")
         check_parallel_stages(raw.get("parallel_stages", 1), f"pipeline config {path}: key 'parallel_stages'")
+        check_precision(raw.get("precision"), f"pipeline config {path}: key 'precision'")
         if raw.get("dataset", "synthetic") not in DATASETS:
             raise CaefError(
                 f"pipeline config {path}: key 'dataset' must be one of {', '.join(DATASETS)}, got {raw['dataset']!r}"

@@ -1,12 +1,14 @@
 """The facts of a pipeline run that its summary and every stage's W&B run carry: seed, dataset, backbones,
-masking depth, erasing, package versions; read from the stage flags, else the stage configs, so they state what
-actually ran."""
+masking depth, erasing, each network stage's precision, package versions; read from the stage flags, else the
+stage configs, so they state what actually ran."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from caef.stage_graph import LIGHTNING_STAGES, STAGES
 
 #: (stage, dotted key) -> that stage's setting (its last ``--<key>=`` flag, else its config's value, else None)
 Setting = Callable[[str, str], Any]
@@ -23,6 +25,11 @@ def run_facts(config: Any, setting: Setting) -> dict[str, Any]:
         facts["masking_depth"] = int(depth) if depth is not None else 0
         erasing = setting("cgnet", "model.erasing")
         facts["erasing"] = str(erasing).lower() != "false"  # false: the no-erasing control
+    facts["precision"] = {  # Lightning's default is 32-true
+        stage: str(setting(stage, "trainer.precision") or "32-true")
+        for stage in config.stages
+        if STAGES[stage].command[0] in LIGHTNING_STAGES
+    }
     return facts
 
 

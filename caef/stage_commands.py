@@ -20,8 +20,9 @@ from typing import Any
 from caef import code_fingerprint
 from caef.errors import CaefError
 from caef.pipeline_config import PipelineConfig
+from caef.precision_policy import resolve_precision
 from caef.run_layout import layout_path
-from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
+from caef.stage_graph import AUTOCAST_COMMANDS, LIGHTNING_STAGES, ORDER, STAGES
 from caef.stage_outputs import stage_setting
 
 _RUN_REF = re.compile(r"\{run\}/([A-Za-z_]+)/")
@@ -36,6 +37,8 @@ class StageCommands:
         self.config = config
         self.overrides = overrides or {}
         self.run_dir = Path(config.runs_root) / config.name
+        #: ``precision`` resolved on this machine (``auto`` -> bf16-mixed or 32-true); None: the stage configs decide
+        self.precision = resolve_precision(config.precision)
 
     def argv(self, stage: str) -> list[str]:
         spec, settings = STAGES[stage], self.config.stages[stage]
@@ -46,6 +49,8 @@ class StageCommands:
         if spec.command[0] in LIGHTNING_STAGES:
             args += [f"--run_dir={run}", f"--seed_everything={self.config.seed}", *self.config.all]
             args += [f"--stage_dir={stage}"] if spec.trains and stage != spec.command[0] else []
+        if spec.command[0] in AUTOCAST_COMMANDS and self.precision:
+            args.append(f"--trainer.precision={self.precision}")
         if spec.command[0] in LIGHTNING_STAGES and self.config.data_root:
             args.append(f"--data.root={self.config.data_root}")
         if spec.command == ("crf",):  # an offline command: the dataset comes as its own flags
@@ -112,6 +117,8 @@ class StageCommands:
             flags = self.user_flags(stage)
             if STAGES[stage].command[0] in LIGHTNING_STAGES:
                 flags = [*self.config.all, *flags]
+            if STAGES[stage].command[0] in AUTOCAST_COMMANDS and self.precision:
+                flags = [f"--trainer.precision={self.precision}", *flags]
             check_stage_flags(stage, self.config.stages[stage]["config"], flags)
 
     def _setting(self, stage: str, key: str) -> Any:

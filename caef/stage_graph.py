@@ -14,6 +14,10 @@ from pathlib import Path
 from caef.run_layout import CAM_DIR, CHECKPOINT, PSEUDO_DIR, SEED_DIR, layout_path
 
 LIGHTNING_STAGES = ("classifier", "cgnet", "affinity", "deeplab")
+#: the commands a pipeline's ``precision`` reaches: their networks may run in bf16 autocast. The AffinityNet's
+#: pairwise feature distances and the random walk's matrix powers stay in fp32 (t = 256 steps would amplify bf16
+#: rounding), so the ``affinity`` command keeps its own config's precision
+AUTOCAST_COMMANDS = ("classifier", "cgnet", "deeplab")
 
 
 @dataclass(frozen=True)
