@@ -186,8 +186,13 @@ class Pipeline(StageCommands):
     def _run_group(self, group: tuple[str, ...], manifest: dict, lock: RunLock) -> None:
         """One stage, or several independent ones side by side (each with its share of the CPU threads and its
         output in ``logs/<stage>.log``); every stage of a group finishes before a failure is raised."""
-        if len(group) == 1:
-            self._run_stage(group[0], manifest, lock)
+        unchanged = [s for s in group if self._unchanged(s, manifest)]
+        for stage in unchanged:  # checked and skipped first: only the stages that run share the threads
+            self._run_stage(stage, manifest, lock)
+        group = tuple(s for s in group if s not in unchanged)
+        if len(group) <= 1:
+            for stage in group:
+                self._run_stage(stage, manifest, lock)
             return
         from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -205,6 +210,13 @@ class Pipeline(StageCommands):
             print(f"[caef pipeline] also: {other}", file=sys.stderr, flush=True)
         if failures:
             raise failures[0]
+
+    def _unchanged(self, stage: str, manifest: dict) -> bool:
+        """Done with the same fingerprint and inputs: a rerun will skip it once its outputs verify."""
+        entry = manifest["stages"].get(stage, {})
+        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
+        same = entry.get("fingerprint") == self.fingerprint(stage, manifest) and entry.get("inputs", {}) == inputs
+        return same and entry.get("status") == "done"
 
     def _run_stage(
         self, stage: str, manifest: dict, lock: RunLock, env: dict | None = None, log: Path | None = None

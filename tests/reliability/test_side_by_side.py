@@ -117,6 +117,23 @@ def test_a_failing_stage_lets_its_partner_finish_shows_its_log_and_resumes(tmp_p
     assert "fully_supervised: done, verified, unchanged -- skipped" in out
 
 
+def test_a_stage_rerun_beside_an_unchanged_one_gets_every_thread(tmp_path, tiny_synth, monkeypatch, capsys):
+    """Only the stages that run share the threads: a rerun that skips one stage of a pair gives the other all."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setenv("FAKE_STAGE_CLASSIFIER", "fail")
+    with pytest.raises(CaefError):
+        _pipeline(tmp_path, tiny_synth, parallel=2).run()
+    monkeypatch.delenv("FAKE_STAGE_CLASSIFIER")
+    monkeypatch.setenv("FAKE_TRACE", str(trace))
+    capsys.readouterr()
+    _pipeline(tmp_path, tiny_synth, parallel=2).run()
+    runs = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(r["stage"], r["threads"]) for r in runs] == [("classifier", "4")]
+    out = capsys.readouterr().out
+    assert "fully_supervised: done, verified, unchanged -- skipped" in out and "side by side" not in out
+
+
 def test_when_both_fail_the_second_failure_is_reported_too(tmp_path, tiny_synth, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_STAGE", "fail")
     with pytest.raises(CaefError, match="stage 'classifier' failed"):
