@@ -26,6 +26,7 @@ fingerprint: ``caef/stage_commands.py``; the experiment file: ``caef/pipeline_co
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -65,11 +66,13 @@ class Pipeline(StageCommands):
         overrides: dict[str, list[str]] | None = None,
         python: str | None = None,
         keep_stale_code: bool = False,
+        threads: dict[str, str] | None = None,
     ):
         check_run_name(config.name)
         super().__init__(config, overrides)
         self.python = python or sys.executable
         self.keep_stale_code = keep_stale_code
+        self.threads = threads or {}  # OMP/MKL_NUM_THREADS of every stage (a sweep's share); {}: the environment's
         self.manifest_path = self.run_dir / "manifest.json"
         self.cache = StageCache(config.runs_root)
         self.code = code_fingerprint.code_identity()
@@ -196,7 +199,7 @@ class Pipeline(StageCommands):
             return
         from concurrent.futures import ThreadPoolExecutor, wait
 
-        share, logs = thread_share(len(group)), self.run_dir / "logs"
+        share, logs = thread_share(len(group), {**os.environ, **self.threads}), self.run_dir / "logs"
         print(
             f"\n[caef pipeline] {', '.join(group)} side by side ({share['OMP_NUM_THREADS']} CPU thread(s) each; "
             f"output in {logs}/<stage>.log)",
@@ -260,7 +263,7 @@ class Pipeline(StageCommands):
         }, replace=True)  # fmt: skip
         before = self._summary()
         start = time.perf_counter()
-        environ = self.tracker.stage_environ(stage) | (env or {})
+        environ = self.tracker.stage_environ(stage) | self.threads | (env or {})
         try:
             code = run_stage_process([self.python, "-m", "caef.cli", *argv], environ, lock, log)
         finally:

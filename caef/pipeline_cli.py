@@ -103,15 +103,25 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, list[
     return known, overrides
 
 
+#: experiment-file keys a ``caef pipeline`` flag (or a sweep point) overrides
+CONFIG_FLAGS = ("name", "seed", "runs_root", "data_root", "parallel_stages", "precision")
+
+
+def apply_flags(config: PipelineConfig, args: argparse.Namespace) -> None:
+    """The pipeline flags given (on the command line, or by a sweep point) over the experiment file's values, all
+    of them: a sweep over ``precision`` or ``parallel_stages`` reaches its points."""
+    for key in CONFIG_FLAGS:
+        if getattr(args, key, None) is not None:
+            setattr(config, key, getattr(args, key))
+    check_parallel_stages(config.parallel_stages)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = PipelineConfig.load(args.config)
-    for key in ("name", "seed", "runs_root", "data_root", "parallel_stages", "precision"):
-        if getattr(args, key) is not None:
-            setattr(config, key, getattr(args, key))
+    apply_flags(config, args)
     if args.name is None and overrides:  # a sweep point: its own run folder, stable for the same flags
         config.name = f"{config.name}-{hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]}"
-    check_parallel_stages(config.parallel_stages)
     pipeline = Pipeline(
         config, {s: o for s, o in overrides.items() if s in config.stages}, keep_stale_code=args.keep_stale_code
     )

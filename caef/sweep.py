@@ -182,7 +182,8 @@ def run_local(
 ) -> list[dict]:
     """Check the sweep, then run (or, with ``dry_run``, print without writing anything) every point."""
     from caef.pipeline import Pipeline, PipelineConfig
-    from caef.pipeline_cli import parse_args
+    from caef.pipeline_cli import apply_flags, parse_args
+    from caef.stage_schedule import thread_share
 
     bound = [v for v in AGENT_VARIABLES if os.environ.get(v)]
     if bound:
@@ -198,11 +199,13 @@ def run_local(
     for point in points:
         args, overrides = parse_args([*pipeline_argv(sweep, point, base), *extra])
         config = PipelineConfig.load(args.config)
+        apply_flags(config, args)
         config.runs_root = args.runs_root or runs_root
         config.name = args.name or point_name(sweep_name, point)
-        config.seed = config.seed if args.seed is None else args.seed
-        config.data_root = args.data_root or config.data_root
-        runs.append((point, Pipeline(config, {s: o for s, o in overrides.items() if s in config.stages}), args))
+        # points run `jobs` at a time share the CPU threads (the first runs alone: the stages the others share)
+        threads = thread_share(jobs) if jobs > 1 and runs else {}
+        pipeline = Pipeline(config, {s: o for s, o in overrides.items() if s in config.stages}, threads=threads)
+        runs.append((point, pipeline, args))
     print(f"[caef sweep] {sweep_name}: {len(runs)} points", flush=True)
     if dry_run:  # Pipeline.run(dry_run=True) would create the run folders
         for point, pipeline, args in runs:

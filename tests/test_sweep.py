@@ -90,6 +90,35 @@ def test_local_dry_run_prints_every_point_and_writes_nothing(tmp_path, monkeypat
     assert out.count("caef classifier fit") == 8 and "caef cgnet predict" not in out
 
 
+def test_a_swept_pipeline_flag_reaches_the_stages_of_every_point(tmp_path, monkeypatch, capsys):
+    """``precision`` (or any key ``caef pipeline`` takes as a flag) swept: each point's stages get its value."""
+    monkeypatch.chdir(ROOT)
+    path = sweep_file(tmp_path, {"precision": {"values": ["32-true", "bf16-mixed"]}})
+    code = caef_main(["sweep", str(path), "--local", "--dry_run", "--until=cgnet", f"--runs_root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for precision in ("32-true", "bf16-mixed"):
+        assert out.count(f"--trainer.precision={precision}") == 2, precision  # classifier and cgnet of its point
+
+
+def test_points_run_side_by_side_share_the_threads(tmp_path, tiny_synth, monkeypatch):
+    from caef.sweep import run_local
+    from tests.reliability.fake_stage import fake_python
+    from tests.reliability.pipeline_fixtures import experiment
+
+    stages = f"{{classifier: {{config: {ROOT / 'experiments/classifier/demo.yaml'}}}}}"
+    base = experiment(tmp_path, tiny_synth, stages)
+    path = sweep_file(tmp_path, {"seed": {"values": [0, 1, 2]}}, metric="oc_cam_miou", config=str(base))
+    monkeypatch.setattr("sys.executable", fake_python(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setenv("FAKE_TRACE", str(tmp_path / "trace.jsonl"))
+    monkeypatch.setenv("FAKE_SUMMARY", json.dumps({"oc_cam_miou": 50.0}))
+    run_local(path, str(base), [], str(tmp_path / "runs"), jobs=2)
+    runs = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    threads = {Path(r["run"]).name.rsplit("=", 1)[-1]: r["threads"] for r in runs}
+    assert threads == {"0": "4", "1": "2", "2": "2"}  # the first point alone, then two at a time
+
+
 def test_local_sweep_refuses_to_run_inside_an_agent_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("WANDB_RUN_ID", "agentrun1")

@@ -47,7 +47,13 @@ def main(argv: list[str]) -> int:
     if os.environ.get("FAKE_TRACE"):
         start = time.time()
         time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
-        trace = {"stage": stage, "start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}
+        trace = {
+            "stage": stage,
+            "start": start,
+            "end": time.time(),
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+            "run": str(run_dir),
+        }
         with open(os.environ["FAKE_TRACE"], "a") as f:
             f.write(json.dumps(trace) + "\n")
 
