@@ -2,10 +2,11 @@
 its fingerprints. The half of :class:`~caef.pipeline.Pipeline` that reads and never writes (``--dry_run``, sweeps
 and the stage cache use it too).
 
-A stage's settings digest covers its argv (run folder and config path abstracted), its config file's bytes, and the
+A stage's settings digest covers its argv (run folder and config path abstracted), its config file's bytes, the
 bytes of every weight file it loads from outside the run folder (``model.pretrained``, ``model.init_checkpoint``,
-``model.ordinary_classifier``): a pretrained trunk trained again, or ImageNet weights replaced, changes the
-fingerprint and so reruns the stage instead of keeping results computed from the old file.
+``model.ordinary_classifier``) and the identity of the dataset tree (its split lists, class names and generator
+manifest): a pretrained trunk trained again, ImageNet weights replaced, or a dataset regenerated or re-split under
+the same path changes the fingerprint and so reruns the stage instead of keeping results computed from the old one.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from caef import code_fingerprint
+from caef.data.identity import dataset_identity
 from caef.errors import CaefError
 from caef.pipeline_config import PipelineConfig
 from caef.precision_policy import resolve_precision
@@ -84,7 +87,15 @@ class StageCommands:
             digest.update(Path(settings["config"]).read_bytes())
         for path in self.weight_files(stage, argv):
             digest.update(f"{path.name}:{file_digest(path)}".encode())
+        if self.data_identity is not None:
+            digest.update(f"data:{self.data_identity}".encode())
         return digest
+
+    @cached_property
+    def data_identity(self) -> str | None:
+        """The dataset tree's identifying files (split lists, class names, generator manifest; caef.data.identity),
+        once per pipeline: a tree replaced under the same path changes every stage's fingerprint."""
+        return dataset_identity(self.config.dataset, self.config.data_root)
 
     def fingerprints(self, stage: str, manifest: dict) -> tuple[str, str]:
         """(settings, full): the stage's settings plus its upstream stages' fingerprints; the full one adds caef's
