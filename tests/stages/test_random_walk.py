@@ -5,6 +5,7 @@ import torch
 
 from caef.data.affinity_labels import pair_offsets, pairwise_affinity
 from caef.stages.random_walk import (
+    _power,
     dense_affinity,
     pair_indices,
     propagate,
@@ -77,6 +78,23 @@ def test_random_walk_equals_matrix_power(logt):
     cam = torch.rand(4, 30, generator=gen, dtype=torch.float64)
     expected = cam @ torch.linalg.matrix_power(trans, 2**logt)
     assert torch.allclose(random_walk(cam, trans, logt), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_sharp_walk_drops_its_subnormal_entries_and_keeps_its_labels():
+    """beta = 32 sends far pairs' transition entries below float32's smallest normal, where CPU products crawl;
+    the walk zeroes them, which moves the walked scores by < 1e-36 and no argmax."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(16, 16, 16, generator=gen) * 3
+    trans = transition_matrix(dense_affinity(features, radius=5), beta=32)
+    subnormal = (trans > 0) & (trans < torch.finfo(torch.float32).tiny)
+    assert subnormal.any()  # the case the cleaning is for
+    cam = torch.rand(3, 256, generator=gen)
+    walked = random_walk(cam, trans, 6)
+    exact = (cam.double() @ torch.linalg.matrix_power(trans.double(), 64)).float()
+    assert (walked - exact).abs().max() < 1e-30
+    assert torch.equal(walked.argmax(dim=0), exact.argmax(dim=0))
+    power = _power(trans, 6)
+    assert not ((power > 0) & (power < torch.finfo(torch.float32).tiny)).any()
 
 
 def test_random_walk_invariants():
