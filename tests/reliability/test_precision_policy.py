@@ -23,9 +23,20 @@ NETWORK_STAGES = ("classifier", "cgnet", "cams", "deeplab", "fully_supervised")
 
 
 def _demo(tmp_path: Path, precision: str | None) -> Pipeline:
+    """The demo's stages without its own per-stage flags (its classifier pins fp32: tested below)."""
     config = PipelineConfig.load(EXPERIMENTS / "demo.yaml")
     config.runs_root, config.precision = str(tmp_path / "runs"), precision
+    config.stages["classifier"]["args"] = []
     return Pipeline(config)
+
+
+def test_the_demo_keeps_its_classifier_in_fp32_whatever_the_precision(tmp_path):
+    config = PipelineConfig.load(EXPERIMENTS / "demo.yaml")
+    config.runs_root, config.precision = str(tmp_path / "runs"), "bf16-mixed"
+    pipeline = Pipeline(config)
+    assert config.precision == "bf16-mixed" and PipelineConfig.load(EXPERIMENTS / "demo.yaml").precision == "auto"
+    assert pipeline._setting("classifier", "trainer.precision") == "32-true"
+    assert pipeline._setting("cgnet", "trainer.precision") == "bf16-mixed"
 
 
 @pytest.mark.parametrize(("amx", "resolved"), [(True, "bf16-mixed"), (False, "32-true")])
@@ -55,6 +66,7 @@ def test_unset_precision_leaves_the_stage_configs_in_charge(tmp_path):
 def test_a_stage_flag_still_overrides_the_pipeline_precision(tmp_path):
     config = PipelineConfig.load(EXPERIMENTS / "demo.yaml")
     config.runs_root, config.precision = str(tmp_path / "runs"), "bf16-mixed"
+    config.stages["classifier"]["args"] = []
     pipeline = Pipeline(config, {"cgnet": ["--trainer.precision=32-true"]})
     assert pipeline._setting("cgnet", "trainer.precision") == "32-true"
     assert pipeline._setting("classifier", "trainer.precision") == "bf16-mixed"
@@ -89,7 +101,9 @@ def test_bf16_network_stages_run_and_the_summary_says_so(tmp_path, tiny_synth, t
     """A real run in bf16 autocast on the CPU: training, multi-scale scoring and the CAM export."""
     runs = tmp_path / "runs"
     argv = [str(EXPERIMENTS / "demo.yaml"), "--name=bf16", f"--runs_root={runs}", "--precision=bf16-mixed",
-            "--until=cams", *tiny_flags(tiny_synth, tiny_synth_config)]  # fmt: skip
+            "--until=cams", *tiny_flags(tiny_synth, tiny_synth_config),
+            "--classifier.trainer.precision=bf16-mixed"]  # fmt: skip
+    # (the demo pins its classifier to fp32; overridden here so that bf16 training and scoring run too)
     assert pipeline_main(argv) == 0
     summary = json.loads((runs / "bf16" / "summary.json").read_text())
     assert summary["precision"]["classifier"] == summary["precision"]["cgnet"] == "bf16-mixed"
