@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -125,3 +126,23 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str) -> dict[str
     if not isinstance(data, dict):
         raise CaefError(f"{what} {path} must hold a mapping of keys, found {type(data).__name__}")
     return data
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes ("missing" if it is not there), kept per (path, size, mtime) for this process
+    (weight files and dataset lists enter fingerprints this way)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

@@ -139,11 +139,7 @@ class Pipeline(StageCommands):
     def _plan(self, stage: str, manifest: dict) -> tuple[str, str, list[str]]:
         """What to do with ``stage``: ``("skip" | "resume" | "repair" | "fresh", why, argv)``; prints the decision."""
         spec, entry = STAGES[stage], manifest["stages"].get(stage, {})
-        settings, fingerprint = self.fingerprints(stage, manifest)
-        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
-        stale = entry.get("settings") == settings and entry.get("fingerprint") != fingerprint
-        same = entry.get("fingerprint") == fingerprint or (stale and self.keep_stale_code)
-        same = same and entry.get("inputs", {}) == inputs
+        same, stale = self._matches(stage, manifest)
         status = entry.get("status")
         argv = self.argv(stage)
         if same and status == "done":
@@ -163,6 +159,8 @@ class Pipeline(StageCommands):
             return "repair", f"{why}: writing them again", argv
         if same and status in ("running", "interrupted", "failed"):
             return "resume", f"{status} -- resuming", argv
+        settings, fingerprint = self.fingerprints(stage, manifest)
+        inputs = self._inputs(stage, manifest)
         if not entry:
             why = "not run yet"
         elif "settings" not in entry:
@@ -216,10 +214,20 @@ class Pipeline(StageCommands):
 
     def _unchanged(self, stage: str, manifest: dict) -> bool:
         """Done with the same fingerprint and inputs: a rerun will skip it once its outputs verify."""
+        return self._matches(stage, manifest)[0] and manifest["stages"].get(stage, {}).get("status") == "done"
+
+    def _matches(self, stage: str, manifest: dict) -> tuple[bool, bool]:
+        """(same, stale): the manifest entry has this run's fingerprint (or, with ``--keep_stale_code``, only its
+        settings) and inputs; stale: only the code differs."""
         entry = manifest["stages"].get(stage, {})
-        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
-        same = entry.get("fingerprint") == self.fingerprint(stage, manifest) and entry.get("inputs", {}) == inputs
-        return same and entry.get("status") == "done"
+        settings, fingerprint = self.fingerprints(stage, manifest)
+        stale = entry.get("settings") == settings and entry.get("fingerprint") != fingerprint
+        same = entry.get("fingerprint") == fingerprint or (stale and self.keep_stale_code)
+        return same and entry.get("inputs", {}) == self._inputs(stage, manifest), stale
+
+    def _inputs(self, stage: str, manifest: dict) -> dict[str, str | None]:
+        """The run ids of the upstream results ``stage`` reads."""
+        return {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
 
     def _run_stage(
         self, stage: str, manifest: dict, lock: RunLock, env: dict | None = None, log: Path | None = None
@@ -241,7 +249,7 @@ class Pipeline(StageCommands):
         self._verified.add(stage)  # skipped as verified, or verified once it has run (else the run stops)
         entry = manifest["stages"].get(stage, {})
         settings, fingerprint = self.fingerprints(stage, manifest)
-        inputs = {need: manifest["stages"].get(need, {}).get("run_id") for need in self.needs(stage)}
+        inputs = self._inputs(stage, manifest)
         if action == "skip":
             with self._manifest_lock:
                 self._tracked(stage, manifest)

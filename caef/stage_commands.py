@@ -22,6 +22,7 @@ from typing import Any
 from caef import code_fingerprint
 from caef.data.identity import dataset_identity
 from caef.errors import CaefError
+from caef.io import file_digest
 from caef.pipeline_config import PipelineConfig
 from caef.precision_policy import resolve_precision
 from caef.run_layout import layout_path
@@ -147,22 +148,3 @@ class StageCommands:
                 if not path.resolve().is_relative_to(self.run_dir.resolve()):
                     files.append(path)
         return files
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """The sha256 of a file's bytes ("missing" if it is not there), kept per (path, size, mtime) for this process."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return "missing"
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]

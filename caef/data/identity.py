@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 
 from caef.errors import DataError
+from caef.io import file_digest
 
 #: files of a VOC-layout tree, relative to its VOC2012 folder, that name what it holds
 _VOC_FILES = ("ImageSets/Segmentation/*.txt", "ImageSets/SegmentationAug/*.txt", "classes.txt")
 #: generator manifests, looked for in the VOC2012 folder and the two above it
 _MANIFESTS = ("caef_scenes.json", "caef_synth.json")
-#: files larger than this are identified by their size and first and last MiB (COCO's annotations: 450 MB)
-_WHOLE = 8 << 20
 
 
 def dataset_identity(dataset: str, root: str | Path | None) -> str | None:
@@ -34,7 +33,7 @@ def dataset_identity(dataset: str, root: str | Path | None) -> str | None:
         return "missing"
     digest = hashlib.sha256()
     for name, path in files:
-        digest.update(json.dumps([name, _file_digest(path)]).encode())
+        digest.update(json.dumps([name, file_digest(path)]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -54,13 +53,3 @@ def _identifying_files(dataset: str, root: Path) -> list[tuple[str, Path]] | Non
     for up, folder in enumerate((voc, voc.parent, voc.parent.parent)):
         found += [(f"{'../' * up}{name}", folder / name) for name in _MANIFESTS if (folder / name).is_file()]
     return found
-
-
-def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size <= _WHOLE:
-            return hashlib.sha256(f.read()).hexdigest()
-        head = f.read(1 << 20)
-        f.seek(-(1 << 20), 2)
-        return f"{size}:" + hashlib.sha256(head + f.read()).hexdigest()
