@@ -49,7 +49,7 @@ from caef.stage_commands import StageCommands
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES, StageSpec
 from caef.stage_outputs import StageOutputs
 from caef.stage_runner import Interrupted, resume_checkpoint, run_stage_process, stop_signals
-from caef.stage_schedule import print_tail, stage_groups, thread_share, wall_seconds
+from caef.stage_schedule import print_tail, stage_groups, stage_threads, thread_share, wall_seconds
 
 # the stage graph is re-exported: ``from caef.pipeline import STAGES, ORDER, ...`` keeps working
 __all__ = ["LIGHTNING_STAGES", "ORDER", "STAGES", "Pipeline", "PipelineConfig", "StageSpec"]
@@ -112,7 +112,7 @@ class Pipeline(StageCommands):
                     print(f"\n[caef pipeline] {stage} ({STAGES[stage].help}): {why}\n  caef {' '.join(argv)}")
             return {}
         with RunLock(self.run_dir) as lock:
-            context, params = self._wandb_context(), params_from_overrides(self.overrides)
+            context, params = wandb_context(self.config, self._facts()), params_from_overrides(self.overrides)
             self.tracker = PipelineTracker.from_environ(self.config.name, context, run_dir=self.run_dir, params=params)
             manifest = self._load_manifest()
             manifest["code"] = self.code
@@ -263,15 +263,15 @@ class Pipeline(StageCommands):
         print(f"\n[caef pipeline] {stage} ({spec.help}): {why}\n  caef {' '.join(argv)}", flush=True)
         keep_id = action in ("resume", "repair") and entry.get("run_id")
         seconds = entry.get("seconds", 0.0) if action in ("resume", "repair") else 0.0
+        environ = self.tracker.stage_environ(stage) | self.threads | (env or {})
         self._save_entry(manifest, stage, {
             "status": "running", "fingerprint": fingerprint, "settings": settings, "inputs": inputs,
             "run_id": keep_id or uuid.uuid4().hex[:12], "code": self.code["sources"], "argv": argv,
             "config": self.config.stages[stage]["config"], "needs": list(self.needs(stage)),
-            "outputs": list(spec.outputs), "seconds": seconds, "started": _now(),
+            "outputs": list(spec.outputs), "seconds": seconds, "threads": stage_threads(environ), "started": _now(),
         }, replace=True)  # fmt: skip
         before = self._summary()
         start = time.perf_counter()
-        environ = self.tracker.stage_environ(stage) | self.threads | (env or {})
         try:
             code = run_stage_process([self.python, "-m", "caef.cli", *argv], environ, lock, log)
         finally:
@@ -338,9 +338,6 @@ class Pipeline(StageCommands):
         if root and self.config.dataset != "synthetic" and not Path(root).exists():
             raise CaefError(f"dataset root {root} not found.\n{self.config.data_help}".rstrip())
 
-    def _wandb_context(self) -> dict:
-        return wandb_context(self.config, self._facts())
-
     def _facts(self) -> dict:
         return run_facts(self.config, self._setting)
 
@@ -355,6 +352,7 @@ class Pipeline(StageCommands):
                 "config_hash": self.config_hash(),
                 "overrides": self.overrides,
                 "stage_seconds": times,
+                "stage_threads": {s: manifest["stages"][s].get("threads") for s in times},  # a copy keeps its own
                 "total_seconds": wall_seconds(groups, times),  # side-by-side stages count once
                 "stage_groups": [list(g) for g in groups if len(g) > 1],
                 "versions": versions(),

@@ -240,10 +240,11 @@ class WandbPipelineTracker(PipelineTracker):
             classes = list(summary[iou[0][0]])
             data = [[name, *(summary[key].get(name) for key, _ in iou)] for name in classes]
             tables["report/iou_per_class"] = wandb.Table(columns=["class", *(label for _, label in iou)], data=data)
-        runs = [[s, i, self.stage_seconds.get(s, (summary.get("stage_seconds") or {}).get(s))]
+        threads = summary.get("stage_threads") or {}
+        runs = [[s, i, self.stage_seconds.get(s, (summary.get("stage_seconds") or {}).get(s)), threads.get(s)]
                 for s, i in self.stage_runs.items() if self._stage_run_exists(i)]  # fmt: skip
         if runs:
-            tables["report/stage_runs"] = wandb.Table(columns=["stage", "run_id", "seconds"], data=runs)
+            tables["report/stage_runs"] = wandb.Table(columns=["stage", "run_id", "seconds", "threads"], data=runs)
         images = {f"report/{png.stem}": wandb.Image(str(png)) for png in sorted(run_dir.glob("*.png"))}
         self.run.log(tables | images)
         if (run_dir / "report.md").is_file():

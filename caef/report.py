@@ -68,9 +68,10 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
     lines += [f"- {k}: `{summary[k]}`" for k in facts if k in summary] + [""]
     lines += ["| stage | mIoU (%) |", "|---|---|"]
     lines += [f"| {label} | {summary[key]:.2f} |" for key, label in METRIC_ROWS if summary.get(key) is not None]
-    times = summary.get("stage_seconds") or {}
+    times, threads = summary.get("stage_seconds") or {}, summary.get("stage_threads") or {}
     if times:
-        lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {s} | {t} |" for s, t in times.items() if t]
+        lines += ["", "| stage | seconds | CPU threads |", "|---|---|---|"]
+        lines += [f"| {s} | {t} | {threads.get(s) or ''} |" for s, t in times.items() if t]
     lines += _class_ap_table(summary)
     if _plot_iou(run_dir / "iou_per_class.png", summary, source.class_names):
         lines += ["", "## Per-class IoU", "", "![per-class IoU](iou_per_class.png)"]

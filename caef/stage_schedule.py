@@ -33,17 +33,23 @@ def stage_groups(stages: Sequence[str], needs: Callable[[str], Sequence[str]], p
     return groups
 
 
+def stage_threads(environ: Mapping[str, str] | None = None) -> int:
+    """The CPU threads a stage process computes with: its ``OMP_NUM_THREADS``, else every CPU this process may use.
+    Recorded per stage (``stage_threads`` in summary.json): on a CPU the thread count moves results by about a point."""
+    environ = os.environ if environ is None else environ
+    try:
+        threads = int(environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        threads = 0
+    return threads if threads > 0 else usable_cpus()
+
+
 def thread_share(group_size: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment that gives each of ``group_size`` side-by-side stages its share of the CPU threads (at least
     one); empty for a stage that runs alone, which keeps the environment it was given."""
     if group_size <= 1:
         return {}
-    environ = os.environ if environ is None else environ
-    try:
-        total = int(environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        total = 0
-    share = str(max(1, (total if total > 0 else usable_cpus()) // group_size))
+    share = str(max(1, stage_threads(environ) // group_size))
     return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 
 
