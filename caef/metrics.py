@@ -35,6 +35,33 @@ def mean_iou(iou: Tensor) -> Tensor:
     return iou.nanmean(dim=-1)
 
 
+def foreground_errors(confmat: Tensor) -> dict[str, float]:
+    """Where a segmenter's errors on labelled foreground pixels go (class 0 = background), as fractions of them:
+    ``missed_foreground`` predicted background, ``wrong_class`` predicted another foreground class. The first is a
+    localisation error, the second a recognition one; CAM and pseudo-label scoring, given each image's classes, can
+    make only the first."""
+    foreground = confmat[1:].double()
+    total = float(foreground.sum())
+    if total == 0:
+        return {"missed_foreground": float("nan"), "wrong_class": float("nan")}
+    missed = float(foreground[:, 0].sum())
+    right = float(foreground[:, 1:].diagonal().sum())
+    return {"missed_foreground": missed / total, "wrong_class": (total - missed - right) / total}
+
+
+def given_classes(scores: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``scores`` (B, C, H, W) with every class absent from an image's ``target`` (B, H, W) set to -inf, background
+    kept: the help CAM and pseudo-label scoring get (the image's true classes), given to a segmenter, so that its
+    mIoU can be read beside theirs (a diagnostic, never a result)."""
+    num_classes = scores.shape[1]
+    labels = target.flatten(1).long()
+    labels = torch.where(labels == ignore_index, num_classes, labels).clamp(max=num_classes)
+    present = torch.zeros(len(target), num_classes + 1, dtype=torch.bool, device=target.device)
+    present.scatter_(1, labels, True)
+    present[:, 0] = True
+    return scores.masked_fill(~present[:, :num_classes, None, None], float("-inf"))
+
+
 class ThresholdSweepConfusion(Metric):
     """Confusion matrices (T, C, C) of thresholded CAMs for T background thresholds."""
 

@@ -38,6 +38,8 @@ METRIC_ROWS = (
     ("deeplab_val_miou", "DeepLab on pseudo labels (val)"),
     ("fully_supervised_val_miou", "DeepLab on ground truth (val)"),
 )
+#: (summary key prefix of a DeepLab's diagnostics, label)
+DIAGNOSTIC_ROWS = (("deeplab_val", "on pseudo labels"), ("fully_supervised_val", "on ground truth"))
 
 
 def _class_ap_table(summary: dict) -> list[str]:
@@ -55,6 +57,23 @@ def _class_ap_table(summary: dict) -> list[str]:
     return lines
 
 
+def _diagnostics_table(summary: dict) -> list[str]:
+    """Where each DeepLab's val errors are (caef.stages.deeplab): localisation or recognition."""
+    rows = [(label, summary.get(f"{key}_diagnostics") or {}) for key, label in DIAGNOSTIC_ROWS]
+    rows = [(label, d) for label, d in rows if d]
+    if not rows:
+        return []
+    cells = ("missed_foreground", "wrong_class", "miou_given_classes")
+    lines = [
+        "",
+        "| DeepLab (val) | foreground missed (%) | foreground, wrong class (%) | mIoU given each image's classes |",
+    ]
+    lines.append("|---|---|---|---|")
+    return lines + [
+        f"| {label} | " + " | ".join(f"{d[c]:.2f}" if c in d else "" for c in cells) + " |" for label, d in rows
+    ]
+
+
 def write_report(run_dir: str | Path, source: SegmentationSource, num_images: int = 4) -> Path:
     """Write ``report.md`` and its PNGs into ``run_dir``; returns the report's path."""
     import matplotlib
@@ -68,6 +87,7 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
     lines += [f"- {k}: `{summary[k]}`" for k in facts if k in summary] + [""]
     lines += ["| stage | mIoU (%) |", "|---|---|"]
     lines += [f"| {label} | {summary[key]:.2f} |" for key, label in METRIC_ROWS if summary.get(key) is not None]
+    lines += _diagnostics_table(summary)
     times, threads = summary.get("stage_seconds") or {}, summary.get("stage_threads") or {}
     if times:
         lines += ["", "| stage | seconds | CPU threads |", "|---|---|---|"]

@@ -1,10 +1,19 @@
 """Threshold-sweep CAM scoring against hand-computed confusion matrices and torchmetrics."""
 
+import math
+
 import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from caef.metrics import ThresholdSweepConfusion, default_thresholds, iou_from_confusion, mean_iou
+from caef.metrics import (
+    ThresholdSweepConfusion,
+    default_thresholds,
+    foreground_errors,
+    given_classes,
+    iou_from_confusion,
+    mean_iou,
+)
 
 
 def test_default_thresholds_are_the_issue_sweep():
@@ -71,3 +80,22 @@ def test_absent_classes_are_excluded_from_the_mean():
 def test_thresholds_must_increase():
     with pytest.raises(ValueError, match="increasing"):
         ThresholdSweepConfusion(3, thresholds=[0.3, 0.2])
+
+
+def test_foreground_errors_split_missed_pixels_from_wrong_classes():
+    # rows = truth (background, a, b), columns = prediction
+    confmat = torch.tensor([[50, 1, 1], [2, 5, 3], [0, 0, 10]])
+    errors = foreground_errors(confmat)
+    assert errors["missed_foreground"] == pytest.approx(2 / 20) and errors["wrong_class"] == pytest.approx(3 / 20)
+    assert all(math.isnan(v) for v in foreground_errors(torch.tensor([[5, 0], [0, 0]])).values())
+
+
+def test_given_classes_keeps_background_and_the_classes_in_each_image():
+    scores = torch.zeros(2, 4, 2, 2)
+    scores[:, 3] = 1.0  # class 3 scores highest everywhere, but is in neither image
+    target = torch.tensor([[[0, 1], [1, 255]], [[2, 2], [0, 0]]])
+    restricted = given_classes(scores, target)
+    assert torch.isinf(restricted[:, 3]).all()
+    assert restricted[0, [0, 1]].isfinite().all() and torch.isinf(restricted[0, 2]).all()
+    assert restricted[1, [0, 2]].isfinite().all() and torch.isinf(restricted[1, 1]).all()
+    assert set(restricted.argmax(1).unique().tolist()) <= {0, 1, 2}

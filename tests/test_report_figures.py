@@ -88,3 +88,11 @@ def test_report_figures_of_a_run_folder_carry_titles_ids_and_legend(tmp_path, ti
     bars = figures["iou_per_class.png"].axes[0]
     assert [t.get_text() for t in bars.get_xticklabels()] == names
     assert bars.get_title().startswith("Per-class IoU")
+
+
+def test_the_report_shows_where_each_deeplabs_errors_are(tmp_path, tiny_synth):
+    diagnostics = {"missed_foreground": 9.1, "wrong_class": 35.6, "miou_given_classes": 63.52}
+    (tmp_path / "summary.json").write_text(json.dumps({"fully_supervised_val_diagnostics": diagnostics}))
+    text = report.write_report(tmp_path, open_source("synthetic", tiny_synth)).read_text()
+    assert "| on ground truth | 9.10 | 35.60 | 63.52 |" in text
+    assert "on pseudo labels" not in text  # no row for a DeepLab that did not run

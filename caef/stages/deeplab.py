@@ -4,6 +4,11 @@ Training: per-pixel cross-entropy at the input size, 255 ignored. Evaluation: wh
 over ``eval_scales`` (and horizontal flips), optionally refined by a dense CRF, scored by a dataset-level
 confusion matrix: ``val/miou`` is the mean IoU over classes present in the ground truth or the prediction (VOC
 convention). :class:`caef.callbacks.SegmentationScore` merges the result into a run's ``summary.json``.
+
+Diagnostics beside it say where the errors are: ``val/missed_foreground`` and ``val/wrong_class`` (the fractions of
+labelled foreground pixels predicted background / another class) and, without CRF, ``val/miou_given_classes``: the mIoU
+when each image's true classes are given, as CAM and pseudo-label scoring have them. A DeepLab far ahead of the
+CAMs there but not in ``val/miou`` is limited by recognition, not localisation.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from caef.data.datamodule import trainer_class_names
 from caef.data.source import IGNORE_INDEX
 from caef.data.transforms import denormalize
 from caef.errors import CaefError
-from caef.metrics import iou_from_confusion, mean_iou
+from caef.metrics import foreground_errors, given_classes, iou_from_confusion, mean_iou
 from caef.models.deeplab import DeepLab, Variant, build_deeplab, multiscale_probs, segmentation_loss
 from caef.stages.crf import dense_crf
 from caef.stages.optimization import configure_reference_optimizer
@@ -98,6 +103,7 @@ class DeepLabModule(pl.LightningModule):
         self.eval_scales, self.eval_flip = tuple(eval_scales), eval_flip
         self.crf_eval, self.crf_options, self.log_images = crf_eval, dict(crf_options or {}), log_images
         self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+        self.confmat_given = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self._label_source_given = label_source != "auto"
         self.last_result: dict[str, Any] | None = None
         self._samples: list[dict[str, Any]] = []
@@ -144,9 +150,12 @@ class DeepLabModule(pl.LightningModule):
         return probs.argmax(dim=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        pred = self.predict_labels(batch["image"])
+        probs = self.predict_probs(batch["image"])
+        pred = crf_refine(batch["image"], probs, **self.crf_options) if self.crf_eval else probs.argmax(dim=1)
         if "mask" in batch:
             self.confmat.update(pred, batch["mask"])
+            if not self.crf_eval:
+                self.confmat_given.update(given_classes(probs, batch["mask"]).argmax(dim=1), batch["mask"])
         self._keep_samples(batch, pred)
         return {"id": batch["id"], "pred": pred}
 
@@ -159,14 +168,21 @@ class DeepLabModule(pl.LightningModule):
         return {"id": batch["id"], "pred": self.predict_labels(batch["image"])}
 
     def compute_scores(self) -> dict[str, Any] | None:
-        """Per-class IoU (NaN for classes absent from truth and prediction) and their mean; resets the matrix."""
+        """Per-class IoU (NaN for classes absent from truth and prediction), their mean and the diagnostics (the
+        module docstring); resets the matrices."""
         world_size = self.trainer.world_size if self._trainer is not None else 1
         if int(self.confmat.confmat.sum()) == 0 and world_size == 1:
             self.confmat.reset()
+            self.confmat_given.reset()
             return None  # nothing scored (no masks in this split)
-        iou = iou_from_confusion(self.confmat.compute())
+        confmat = self.confmat.compute()
+        iou = iou_from_confusion(confmat)
+        diagnostics = foreground_errors(confmat)
+        if int(self.confmat_given.confmat.sum()) > 0 or world_size > 1:
+            diagnostics["miou_given_classes"] = float(mean_iou(iou_from_confusion(self.confmat_given.compute())))
         self.confmat.reset()
-        return {"miou": float(mean_iou(iou)), "iou": iou}
+        self.confmat_given.reset()
+        return {"miou": float(mean_iou(iou)), "iou": iou, "diagnostics": diagnostics}
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")
@@ -177,18 +193,21 @@ class DeepLabModule(pl.LightningModule):
     def _finish(self, prefix: str) -> None:
         if self.trainer.sanity_checking:
             self.confmat.reset()
+            self.confmat_given.reset()
             self._samples = []
             return
         scores = self.compute_scores()
         names = trainer_class_names(self.trainer, self.hparams.num_classes)
         if scores is not None:
             iou = scores["iou"]
-            metrics = {f"{prefix}/miou": scores["miou"]}
+            diagnostics = {k: v for k, v in scores["diagnostics"].items() if not np.isnan(v)}
+            metrics = {f"{prefix}/miou": scores["miou"]} | {f"{prefix}/{k}": v for k, v in diagnostics.items()}
             metrics |= {f"{prefix}/iou/{n}": float(v) for n, v in zip(names, iou) if not torch.isnan(v)}
             self.log_dict(metrics, sync_dist=False)
             self.last_result = {
                 "miou": scores["miou"],
                 "iou": {n: (None if torch.isnan(v) else round(float(v), 6)) for n, v in zip(names, iou)},
+                "diagnostics": diagnostics,
                 "epoch": self.current_epoch,
             }
         self._log_overlays(prefix, names)

@@ -92,7 +92,7 @@ def test_validation_miou_excludes_absent_classes(one_thread):
     module = DeepLabModule(num_classes=4, **TINY)
     target = torch.tensor([[[0, 0, 1, 1], [255, 2, 2, 0]]])
     pred = torch.tensor([[[0, 1, 1, 1], [3, 2, 2, 0]]])  # class 3 only where the truth is ignored
-    module.predict_labels = lambda images: pred
+    module.predict_probs = lambda images: F.one_hot(pred, 4).permute(0, 3, 1, 2).float()
     module.validation_step({"id": ["a"], "image": torch.zeros(1, 3, 2, 4), "mask": target}, 0)
     scores = module.compute_scores()
     # by hand, over the 7 labelled pixels: class 0 truth {00,01,13} pred {00,13}: 2/3; class 1 truth {02,03} pred
@@ -159,6 +159,9 @@ def test_fit_one_epoch_logs_miou_summary_and_overlays(tmp_path, monkeypatch, one
     assert result["fully_supervised_val_label_source"] == "ground_truth"
     assert result["fully_supervised_val_miou"] == round(module.last_result["miou"] * 100, 2)
     assert set(result["fully_supervised_val_iou"]) == {"background", "stripes_0", "dots_0", "zigzag_0"}
+    diagnostics = result["fully_supervised_val_diagnostics"]
+    assert set(diagnostics) == {"missed_foreground", "wrong_class", "miou_given_classes"}
+    assert all(0 <= v <= 100 for v in diagnostics.values()) and "val/miou_given_classes" in trainer.callback_metrics
     (call,) = logged  # one validation, rank 0: two images with prediction and ground-truth masks
     assert call["key"] == "val/segmentation" and len(call["images"]) == len(call["masks"]) == 2
     overlay = call["masks"][0]
@@ -228,3 +231,22 @@ def test_eval_settings_apply_when_validating_a_checkpoint(tmp_path, tiny_synth, 
     cli = stage_cli("deeplab", args)
     assert cli.model.eval_flip and cli.model.eval_scales == (1.0, 0.5)
     assert 0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1
+
+
+def test_the_diagnostics_tell_a_recognition_error_from_a_localisation_error(one_thread):
+    """Every object found, all named as a class that is not in its image: val mIoU is low, but given each image's
+    classes (as CAM scoring is) the DeepLab is perfect, and every foreground error is a wrong class."""
+    module = DeepLabModule(num_classes=3, **TINY)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6], target[1, :4] = 1, 2
+    scores = torch.zeros(2, 3, 8, 8)
+    scores[:, 0] = (target == 0).float()
+    scores[0, 1], scores[1, 2] = 0.5 * (target[0] == 1), 0.5 * (target[1] == 2)  # the right class, second best
+    scores[0, 2], scores[1, 1] = (target[0] == 1).float(), (target[1] == 2).float()  # the other class, best
+    module.predict_probs = lambda images: scores.softmax(1)
+    module.validation_step({"image": torch.zeros(2, 3, 8, 8), "mask": target, "id": ["a", "b"]}, 0)
+    result = module.compute_scores()
+    assert result["miou"] == pytest.approx(1 / 3)  # background only
+    assert result["diagnostics"] == pytest.approx(
+        {"missed_foreground": 0.0, "wrong_class": 1.0, "miou_given_classes": 1.0}
+    )
