@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # before anything imports albumentations: no PyPI version check (network, 2 s timeout) during collection
@@ -22,8 +24,9 @@ TINY_SYNTH = SynthConfig(num_images=48, size=64, seed=0, num_classes=3)
 
 
 @pytest.fixture(autouse=True)
-def _sandbox_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test needs a W&B login or writes W&B files into the repository or the home folder.
+def _sandbox_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test needs a W&B login or writes W&B files into the repository or the home folder, and no test's W&B run
+    outlives it.
 
     The folders live in their own temporary directory, so each test's ``tmp_path`` stays empty.
     """
@@ -39,6 +42,10 @@ def _sandbox_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
         (base / sub).mkdir()
         monkeypatch.setenv(var, str(base / sub))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:  # a run a test left open would swallow the next test's logger
+        wandb.finish()
 
 
 @pytest.fixture(scope="session")
