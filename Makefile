@@ -35,7 +35,7 @@ lint: $(STAMP)  ## ruff check + ruff format --check (what CI runs before the tes
 format: $(STAMP)  ## ruff format
 	$(BIN)/ruff format caef tests benchmarks examples
 
-demo: $(STAMP)  ## the whole pipeline on the generated dataset (2-core CPU, 13 min: docs/performance.md): runs/$(RUN)/summary.json + report.md
+demo: $(STAMP)  ## the whole pipeline on the generated dataset (2-core CPU, 14 min: docs/performance.md): runs/$(RUN)/summary.json + report.md
 	$(BIN)/caef pipeline experiments/demo.yaml --name $(RUN) $(ARGS)
 
 fashion: $(STAMP)  ## the pipeline on scenes of Fashion-MNIST objects (CPU): writes the trees, pretrains, runs/fashion/
