@@ -144,14 +144,15 @@ class DeepLabModule(pl.LightningModule):
         return multiscale_probs(self.net, images, self.eval_scales, self.eval_flip)
 
     def predict_labels(self, images: Tensor) -> Tensor:
-        probs = self.predict_probs(images)
-        if self.crf_eval:
-            return crf_refine(images, probs, **self.crf_options)
-        return probs.argmax(dim=1)
+        return self._labels(images, self.predict_probs(images))
+
+    def _labels(self, images: Tensor, probs: Tensor) -> Tensor:
+        """Labels from the evaluation probabilities: dense CRF when ``crf_eval``, else the argmax."""
+        return crf_refine(images, probs, **self.crf_options) if self.crf_eval else probs.argmax(dim=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         probs = self.predict_probs(batch["image"])
-        pred = crf_refine(batch["image"], probs, **self.crf_options) if self.crf_eval else probs.argmax(dim=1)
+        pred = self._labels(batch["image"], probs)
         if "mask" in batch:
             self.confmat.update(pred, batch["mask"])
             if not self.crf_eval:
@@ -172,17 +173,19 @@ class DeepLabModule(pl.LightningModule):
         module docstring); resets the matrices."""
         world_size = self.trainer.world_size if self._trainer is not None else 1
         if int(self.confmat.confmat.sum()) == 0 and world_size == 1:
-            self.confmat.reset()
-            self.confmat_given.reset()
+            self._reset_scores()
             return None  # nothing scored (no masks in this split)
         confmat = self.confmat.compute()
         iou = iou_from_confusion(confmat)
         diagnostics = foreground_errors(confmat)
         if int(self.confmat_given.confmat.sum()) > 0 or world_size > 1:
             diagnostics["miou_given_classes"] = float(mean_iou(iou_from_confusion(self.confmat_given.compute())))
+        self._reset_scores()
+        return {"miou": float(mean_iou(iou)), "iou": iou, "diagnostics": diagnostics}
+
+    def _reset_scores(self) -> None:
         self.confmat.reset()
         self.confmat_given.reset()
-        return {"miou": float(mean_iou(iou)), "iou": iou, "diagnostics": diagnostics}
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")
@@ -192,8 +195,7 @@ class DeepLabModule(pl.LightningModule):
 
     def _finish(self, prefix: str) -> None:
         if self.trainer.sanity_checking:
-            self.confmat.reset()
-            self.confmat_given.reset()
+            self._reset_scores()
             self._samples = []
             return
         scores = self.compute_scores()
