@@ -32,7 +32,9 @@ def format_summary(summary: dict) -> str:
     for label, key, thr_key in TABLE_ROWS:
         if key in summary:
             thr = summary.get(thr_key) if thr_key else None
-            lines.append(f"{label:<28}{_fmt(summary.get(key)):>8}{_fmt(thr):>7}")
+            evaluation = summary.get(key.replace("_miou", "_evaluation"))  # DeepLab's: plain, flip, dense CRF
+            note = f"  ({evaluation})" if evaluation else ""
+            lines.append(f"{label:<28}{_fmt(summary.get(key)):>8}{_fmt(thr):>7}{note}")
     lines.append("-" * 43)
     side = {stage for group in summary.get("stage_groups", []) for stage in group}
     lines += [

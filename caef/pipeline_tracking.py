@@ -211,6 +211,9 @@ class WandbPipelineTracker(PipelineTracker):
         if new:
             self.run.log(new)
             self._logged.update(new)
+        for key, value in summary.items():  # how each DeepLab mIoU was computed travels with it (not a metric)
+            if key.endswith("_evaluation") and self.run.summary.get(key) != value:
+                self.run.summary[key] = value
 
     def _log_stage_runs(self) -> None:
         """``stage_runs``: stage -> its W&B run id (and ``stage_run_urls`` online), for stages whose process did
@@ -233,8 +236,10 @@ class WandbPipelineTracker(PipelineTracker):
 
         from caef.report import IOU_KEYS, METRIC_ROWS
 
-        rows = [[label, key, summary[key]] for key, label in METRIC_ROWS if summary.get(key) is not None]
-        tables: dict[str, Any] = {"report/metrics": wandb.Table(columns=["stage", "key", "miou"], data=rows)}
+        rows = [[label, key, summary[key], summary.get(key.replace("_miou", "_evaluation"))]
+                for key, label in METRIC_ROWS if summary.get(key) is not None]  # fmt: skip
+        columns = ["stage", "key", "miou", "evaluation"]  # evaluation: DeepLab's (plain; flip, dense CRF; ...)
+        tables: dict[str, Any] = {"report/metrics": wandb.Table(columns=columns, data=rows)}
         iou = [(key, label) for key, label in IOU_KEYS if isinstance(summary.get(key), Mapping)]
         if iou:
             classes = list(summary[iou[0][0]])

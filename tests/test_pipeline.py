@@ -68,6 +68,10 @@ def test_pipeline_runs_every_stage_and_summarises_them(tiny_run, capsys):
         assert (run_dir / png).stat().st_size > 1000, png
     table = format_summary(summary)
     assert "pseudo labels" in table and f"{summary['pseudo_label_miou']:.2f}" in table
+    assert summary["fully_supervised_val_evaluation"] == summary["deeplab_val_evaluation"] == "plain"
+    (row,) = [line for line in table.splitlines() if line.startswith("DeepLab val (ground truth)")]
+    assert f"{summary['fully_supervised_val_miou']:.2f}" in row and row.endswith("  (plain)")
+    assert "| DeepLab on ground truth (val; plain) |" in report
 
 
 def test_rerun_skips_finished_stages_and_a_changed_flag_reruns_only_its_stage(tiny_run, capsys):

@@ -96,3 +96,25 @@ def test_the_report_shows_where_each_deeplabs_errors_are(tmp_path, tiny_synth):
     text = report.write_report(tmp_path, open_source("synthetic", tiny_synth)).read_text()
     assert "| on ground truth | 9.10 | 35.60 | 63.52 |" in text
     assert "on pseudo labels" not in text  # no row for a DeepLab that did not run
+
+
+def test_the_report_says_how_each_deeplab_miou_was_computed(tmp_path, tiny_synth):
+    """A CRF-refined mIoU is labelled as one, with the plain argmax's mIoU of the same run beside it."""
+    summary = {
+        "cgnet_cam_miou": 41.08,
+        "fully_supervised_val_miou": 52.99,
+        "fully_supervised_val_evaluation": "flip, dense CRF",
+        "fully_supervised_val_diagnostics": {
+            "missed_foreground": 10.18,
+            "wrong_class": 28.64,
+            "miou_without_crf": 49.45,
+        },
+        "deeplab_val_miou": 34.85,
+        "deeplab_val_evaluation": "plain",
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = report.write_report(tmp_path, open_source("synthetic", tiny_synth)).read_text()
+    assert "| DeepLab on ground truth (val; flip, dense CRF) | 52.99 |" in text
+    assert "| DeepLab on pseudo labels (val; plain) | 34.85 |" in text
+    assert "| CGNet CAM (train) | 41.08 |" in text
+    assert "| on ground truth | 10.18 | 28.64 |  | 49.45 |" in text

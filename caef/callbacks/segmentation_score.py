@@ -15,8 +15,9 @@ from caef.stages.deeplab import LABEL_SOURCES
 class SegmentationScore(pl.Callback):
     """Merge the latest DeepLab evaluation into a run's summary JSON (rank 0), after validation and test.
 
-    Writes ``<key>_miou`` (percent, 2 decimals), ``<key>_iou`` ({class: IoU or None}), ``<key>_label_source`` and
-    ``<key>_diagnostics`` (percent: ``missed_foreground``, ``wrong_class``, ``miou_given_classes``; see
+    Writes ``<key>_miou`` (percent, 2 decimals), ``<key>_iou`` ({class: IoU or None}), ``<key>_label_source``,
+    ``<key>_evaluation`` (how the mIoU was computed: ``plain``, ``flip, dense CRF``, ...) and ``<key>_diagnostics``
+    (percent: ``missed_foreground``, ``wrong_class``, ``miou_given_classes`` or, with CRF, ``miou_without_crf``; see
     :mod:`caef.stages.deeplab`: where the errors are, not a result to report).
     ``summary_key`` None: ``deeplab_val`` for pseudo labels, ``fully_supervised_val`` for ground truth.
     """
@@ -43,8 +44,7 @@ class SegmentationScore(pl.Callback):
         source = source if source in LABEL_SOURCES else "pseudo"
         key = self.summary_key or ("deeplab_val" if source == "pseudo" else "fully_supervised_val")
         diagnostics = {k: round(v * 100, 2) for k, v in (result.get("diagnostics") or {}).items()}
-        update_json(
-            self.summary_file,
-            {f"{key}_miou": round(result["miou"] * 100, 2), f"{key}_iou": result["iou"], f"{key}_label_source": source}
-            | ({f"{key}_diagnostics": diagnostics} if diagnostics else {}),
-        )
+        scores = {f"{key}_miou": round(result["miou"] * 100, 2), f"{key}_iou": result["iou"]}
+        scores |= {f"{key}_label_source": source}
+        scores |= {f"{key}_evaluation": result["evaluation"]} if "evaluation" in result else {}
+        update_json(self.summary_file, scores | ({f"{key}_diagnostics": diagnostics} if diagnostics else {}))

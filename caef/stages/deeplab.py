@@ -8,7 +8,9 @@ convention). :class:`caef.callbacks.SegmentationScore` merges the result into a 
 Diagnostics beside it say where the errors are: ``val/missed_foreground`` and ``val/wrong_class`` (the fractions of
 labelled foreground pixels predicted background / another class) and, without CRF, ``val/miou_given_classes``: the mIoU
 when each image's true classes are given, as CAM and pseudo-label scoring have them. A DeepLab far ahead of the
-CAMs there but not in ``val/miou`` is limited by recognition, not localisation.
+CAMs there but not in ``val/miou`` is limited by recognition, not localisation. With CRF, ``val/miou_without_crf``
+scores the same probabilities' argmax, so one run gives both numbers. The result names its evaluation
+(:func:`evaluation_protocol`): a CRF-refined mIoU is never read as a plain one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def crf_refine(images: Tensor, probs: Tensor, **crf_options: Any) -> Tensor:
     probs_np = probs.float().cpu().numpy()
     labels = [dense_crf(pixels[i], probs_np[i], **crf_options).argmax(axis=0) for i in range(len(pixels))]
     return torch.from_numpy(np.stack(labels)).long().to(images.device)
+
+
+def evaluation_protocol(scales: Sequence[float], flip: bool, crf: bool) -> str:
+    """How a DeepLab mIoU was computed, in words (``plain``; ``flip, dense CRF``; ``scales 0.5/0.75/1, flip``):
+    written beside the number, as papers' final numbers add test-time flips, scales and a CRF to the plain forward."""
+    parts = [] if tuple(scales) == (1.0,) else ["scales " + "/".join(f"{s:g}" for s in scales)]
+    parts += ["flip"] * flip + ["dense CRF"] * crf
+    return ", ".join(parts) or "plain"
 
 
 class DeepLabModule(pl.LightningModule):
@@ -104,6 +114,7 @@ class DeepLabModule(pl.LightningModule):
         self.crf_eval, self.crf_options, self.log_images = crf_eval, dict(crf_options or {}), log_images
         self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.confmat_given = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+        self.confmat_plain = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self._label_source_given = label_source != "auto"
         self.last_result: dict[str, Any] | None = None
         self._samples: list[dict[str, Any]] = []
@@ -155,7 +166,9 @@ class DeepLabModule(pl.LightningModule):
         pred = self._labels(batch["image"], probs)
         if "mask" in batch:
             self.confmat.update(pred, batch["mask"])
-            if not self.crf_eval:
+            if self.crf_eval:
+                self.confmat_plain.update(probs.argmax(dim=1), batch["mask"])
+            else:
                 self.confmat_given.update(given_classes(probs, batch["mask"]).argmax(dim=1), batch["mask"])
         self._keep_samples(batch, pred)
         return {"id": batch["id"], "pred": pred}
@@ -178,14 +191,21 @@ class DeepLabModule(pl.LightningModule):
         confmat = self.confmat.compute()
         iou = iou_from_confusion(confmat)
         diagnostics = foreground_errors(confmat)
-        if int(self.confmat_given.confmat.sum()) > 0 or world_size > 1:
-            diagnostics["miou_given_classes"] = float(mean_iou(iou_from_confusion(self.confmat_given.compute())))
+        views = (
+            {"miou_without_crf": self.confmat_plain} if self.crf_eval else {"miou_given_classes": self.confmat_given}
+        )
+        for name, matrix in views.items():
+            if int(matrix.confmat.sum()) > 0 or world_size > 1:  # compute() syncs: every rank calls it
+                diagnostics[name] = float(mean_iou(iou_from_confusion(matrix.compute())))
         self._reset_scores()
         return {"miou": float(mean_iou(iou)), "iou": iou, "diagnostics": diagnostics}
 
+    def evaluation(self) -> str:
+        return evaluation_protocol(self.eval_scales, self.eval_flip, self.crf_eval)
+
     def _reset_scores(self) -> None:
-        self.confmat.reset()
-        self.confmat_given.reset()
+        for matrix in (self.confmat, self.confmat_given, self.confmat_plain):
+            matrix.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")
@@ -210,6 +230,7 @@ class DeepLabModule(pl.LightningModule):
                 "miou": scores["miou"],
                 "iou": {n: (None if torch.isnan(v) else round(float(v), 6)) for n, v in zip(names, iou)},
                 "diagnostics": diagnostics,
+                "evaluation": self.evaluation(),
                 "epoch": self.current_epoch,
             }
         self._log_overlays(prefix, names)

@@ -159,6 +159,7 @@ def test_fit_one_epoch_logs_miou_summary_and_overlays(tmp_path, monkeypatch, one
     assert result["fully_supervised_val_label_source"] == "ground_truth"
     assert result["fully_supervised_val_miou"] == round(module.last_result["miou"] * 100, 2)
     assert set(result["fully_supervised_val_iou"]) == {"background", "stripes_0", "dots_0", "zigzag_0"}
+    assert result["fully_supervised_val_evaluation"] == "plain"
     diagnostics = result["fully_supervised_val_diagnostics"]
     assert set(diagnostics) == {"missed_foreground", "wrong_class", "miou_given_classes"}
     assert all(0 <= v <= 100 for v in diagnostics.values()) and "val/miou_given_classes" in trainer.callback_metrics
@@ -250,3 +251,35 @@ def test_the_diagnostics_tell_a_recognition_error_from_a_localisation_error(one_
     assert result["diagnostics"] == pytest.approx(
         {"missed_foreground": 0.0, "wrong_class": 1.0, "miou_given_classes": 1.0}
     )
+
+
+def test_evaluation_protocol_names_what_was_added_to_the_plain_forward():
+    from caef.stages.deeplab import evaluation_protocol
+
+    assert evaluation_protocol([1.0], False, False) == "plain"
+    assert evaluation_protocol([1.0], True, True) == "flip, dense CRF"
+    assert evaluation_protocol([0.5, 0.75, 1.0], True, False) == "scales 0.5/0.75/1, flip"
+    module = DeepLabModule(num_classes=3, eval_scales=[1.0, 1.25], crf_eval=True, **TINY)
+    assert module.evaluation() == "scales 1/1.25, dense CRF"
+
+
+def test_with_crf_the_argmax_is_scored_beside_it(monkeypatch, one_thread):
+    """One CRF run gives both numbers: the CRF's labels (here: everything background) make ``miou``, the same
+    probabilities' argmax (here: perfect) makes ``miou_without_crf``; the result names its evaluation."""
+    import caef.stages.deeplab as deeplab_stage
+
+    monkeypatch.setattr(
+        deeplab_stage, "crf_refine", lambda images, probs, **options: torch.zeros_like(probs[:, 0]).long()
+    )
+    module = DeepLabModule(num_classes=3, crf_eval=True, **TINY)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6], target[1, :4] = 1, 2
+    module.predict_probs = lambda images: F.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    module.validation_step({"image": torch.zeros(2, 3, 8, 8), "mask": target, "id": ["a", "b"]}, 0)
+    result = module.compute_scores()
+    bg_iou = float((target == 0).sum()) / target.numel()
+    assert result["miou"] == pytest.approx(bg_iou / 3)  # background's IoU; both objects scored 0
+    assert result["diagnostics"] == pytest.approx(
+        {"missed_foreground": 1.0, "wrong_class": 0.0, "miou_without_crf": 1.0}
+    )
+    assert int(module.confmat_plain.confmat.sum()) == 0  # reset with the others

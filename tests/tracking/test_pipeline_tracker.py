@@ -72,7 +72,8 @@ def test_agent_run_belongs_to_the_pipeline_and_each_stage_gets_its_own(monkeypat
         stage_ids[stage] = env["WANDB_RUN_ID"]
         tracker.stage_finished(stage, {f"{stage}_cam_miou": 40.5, f"{stage}_cam_iou": {"a": 0.5, "b": None}}, 2.0)
     summary = {"classifier_cam_miou": 40.5, "seed": 1, "stage_seconds": {"classifier": 2.0, "cgnet": 2.0},
-               "total_seconds": 4.0, "versions": {"torch": "2"}, "overrides": {"cgnet": ["--x=1"]}}  # fmt: skip
+               "total_seconds": 4.0, "versions": {"torch": "2"}, "overrides": {"cgnet": ["--x=1"]},
+               "fully_supervised_val_miou": 52.99, "fully_supervised_val_evaluation": "flip, dense CRF"}  # fmt: skip
     tracker.finish(summary, run_dir)
 
     runs = {run.id: run for run in offline_runs(run_dir / "wandb")}
@@ -84,6 +85,8 @@ def test_agent_run_belongs_to_the_pipeline_and_each_stage_gets_its_own(monkeypat
     assert pipeline.summary["cgnet_cam_miou"] == 40.5 and pipeline.summary["cgnet_cam_iou"] == {"a": 0.5}
     assert pipeline.summary["stage_seconds"] == {"classifier": 2.0, "cgnet": 2.0}
     assert pipeline.summary["total_seconds"] == 4.0 and "versions" not in pipeline.summary
+    assert pipeline.summary["fully_supervised_val_miou"] == 52.99  # with how it was computed beside it
+    assert pipeline.summary["fully_supervised_val_evaluation"] == "flip, dense CRF"
     assert pipeline.summary["stage_runs"] == stage_ids and pipeline.summary["pipeline_status"] == "finished"
     for stage, run_id in stage_ids.items():
         stage_run = runs[run_id]
