@@ -13,6 +13,7 @@ from caef.pipeline import Pipeline, PipelineConfig
 from caef.pipeline import __doc__ as PIPELINE_DOC
 from caef.pipeline_config import check_parallel_stages
 from caef.precision_policy import PRECISIONS
+from caef.reported_metrics import evaluation_of
 from caef.stage_graph import LIGHTNING_STAGES, ORDER, STAGES
 
 #: summary rows of the final table: (label, metric key, threshold key or None)
@@ -32,7 +33,7 @@ def format_summary(summary: dict) -> str:
     for label, key, thr_key in TABLE_ROWS:
         if key in summary:
             thr = summary.get(thr_key) if thr_key else None
-            evaluation = summary.get(key.replace("_miou", "_evaluation"))  # DeepLab's: plain, flip, dense CRF
+            evaluation = evaluation_of(summary, key)  # DeepLab's: plain, flip, dense CRF
             note = f"  ({evaluation})" if evaluation else ""
             lines.append(f"{label:<28}{_fmt(summary.get(key)):>8}{_fmt(thr):>7}{note}")
     lines.append("-" * 43)

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from caef.errors import CaefError
-from caef.reported_metrics import loggable
+from caef.reported_metrics import evaluation_of, loggable
 
 #: what ``wandb agent`` (wandb/wandb_agent.py) or a parent W&B process puts into a child's environment to bind it
 #: to one particular run; a stage process must start its own run instead. ``WANDB_ENTITY``, ``WANDB_PROJECT`` and
@@ -236,7 +236,7 @@ class WandbPipelineTracker(PipelineTracker):
 
         from caef.report import IOU_KEYS, METRIC_ROWS
 
-        rows = [[label, key, summary[key], summary.get(key.replace("_miou", "_evaluation"))]
+        rows = [[label, key, summary[key], evaluation_of(summary, key)]
                 for key, label in METRIC_ROWS if summary.get(key) is not None]  # fmt: skip
         columns = ["stage", "key", "miou", "evaluation"]  # evaluation: DeepLab's (plain; flip, dense CRF; ...)
         tables: dict[str, Any] = {"report/metrics": wandb.Table(columns=columns, data=rows)}

@@ -19,6 +19,7 @@ import numpy as np
 
 from caef.data.source import IGNORE_INDEX, SegmentationSource, read_mask, voc_palette
 from caef.io import atomic_path
+from caef.reported_metrics import evaluation_of
 from caef.run_layout import CAM_DIR, CHECKPOINT, PSEUDO_DIR, SEED_DIR, SUMMARY, layout_path
 
 #: (summary key of per-class IoU, label) in pipeline order
@@ -93,7 +94,7 @@ def write_report(run_dir: str | Path, source: SegmentationSource, num_images: in
     lines += [f"- {k}: `{summary[k]}`" for k in facts if k in summary] + [""]
     lines += ["| stage | mIoU (%) |", "|---|---|"]
     lines += [
-        f"| {_evaluated(label, summary.get(key.replace('_miou', '_evaluation')))} | {summary[key]:.2f} |"
+        f"| {_evaluated(label, evaluation_of(summary, key))} | {summary[key]:.2f} |"
         for key, label in METRIC_ROWS
         if summary.get(key) is not None
     ]

@@ -31,6 +31,12 @@ SUMMARY_PREFIXES: dict[str, tuple[str, ...]] = {
 PIPELINE_METRICS = ("total_seconds",)
 
 
+def evaluation_of(summary: Mapping[str, Any], miou_key: str) -> str | None:
+    """How the mIoU under ``miou_key`` was computed (``<prefix>_evaluation`` beside ``<prefix>_miou``, written for
+    DeepLab: ``plain``, ``flip, dense CRF``, ...); None where the stage records none (the CAM stages)."""
+    return summary.get(miou_key.removesuffix("_miou") + "_evaluation")
+
+
 def reported_metrics(stages: Iterable[str] | None = None) -> tuple[str, ...]:
     """Every scalar metric a pipeline with ``stages`` (None: all stages) reports, in pipeline order."""
     chosen = STAGE_METRICS if stages is None else {s: STAGE_METRICS[s] for s in stages if s in STAGE_METRICS}

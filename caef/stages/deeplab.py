@@ -191,12 +191,12 @@ class DeepLabModule(pl.LightningModule):
         confmat = self.confmat.compute()
         iou = iou_from_confusion(confmat)
         diagnostics = foreground_errors(confmat)
-        views = (
-            {"miou_without_crf": self.confmat_plain} if self.crf_eval else {"miou_given_classes": self.confmat_given}
+        # the second view of the same probabilities: without the CRF, or (no CRF) with each image's classes given
+        name, matrix = (
+            ("miou_without_crf", self.confmat_plain) if self.crf_eval else ("miou_given_classes", self.confmat_given)
         )
-        for name, matrix in views.items():
-            if int(matrix.confmat.sum()) > 0 or world_size > 1:  # compute() syncs: every rank calls it
-                diagnostics[name] = float(mean_iou(iou_from_confusion(matrix.compute())))
+        if int(matrix.confmat.sum()) > 0 or world_size > 1:  # compute() syncs: every rank calls it
+            diagnostics[name] = float(mean_iou(iou_from_confusion(matrix.compute())))
         self._reset_scores()
         return {"miou": float(mean_iou(iou)), "iou": iou, "diagnostics": diagnostics}
 
